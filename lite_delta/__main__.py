@@ -1,0 +1,3 @@
+from lite_delta.cli import main
+
+main()

@@ -1,0 +1,162 @@
+"""The `lite-delta` command: parse, call one stage function, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+
+from lite_delta.errors import LiteDeltaError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Delta learning on one consumer GPU: weak GGUF teachers -> preference pairs -> QLoRA DPO -> eval.",
+)
+bench_app = typer.Typer(no_args_is_help=True, help="Measure a stage against its peer in the same run.")
+app.add_typer(bench_app, name="bench")
+console = Console(stderr=True)
+
+
+@app.command()
+def run(
+    recipe: Optional[Path] = typer.Argument(None, help="recipe YAML; the offline demo when omitted"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="runs are written to RUNS_DIR/NAME"),
+) -> None:
+    """Run a recipe end to end into runs/NAME (today: generate both teachers, then pair)."""
+    from lite_delta.pipeline import default_recipe_path, run_recipe
+
+    out = run_recipe(recipe or default_recipe_path(), runs_dir=runs_dir)
+    console.print(f"[green]done[/green]: {out}")
+
+
+@app.command()
+def generate(
+    model: str = typer.Option(..., help="local .gguf, hf://ORG/REPO/FILE.gguf (globs ok) or pkg://PACKAGE/FILE.gguf"),
+    prompts: str = typer.Option(..., help="jsonl/json/parquet file, Hub dataset id, or builtin:NAME"),
+    out: Path = typer.Option(..., help="output directory (completions.jsonl); rerun to resume"),
+    n: Optional[int] = typer.Option(None, min=1, help="use N prompts (deterministic sample)"),
+    max_tokens: int = typer.Option(2048, min=1, help="new tokens per answer"),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy"),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0),
+    seed: int = typer.Option(0, help="base seed; each prompt/sample gets its own seed from it"),
+    parallel: int = typer.Option(16, min=1, help="sequences decoded at once"),
+    system: Optional[str] = typer.Option(None, help="system prompt"),
+    samples: int = typer.Option(1, min=1, help="answers per prompt (for by_score pairing)"),
+    prompt_column: Optional[str] = typer.Option(None, help="column holding the prompt (auto-detected)"),
+    split: str = typer.Option("train", help="dataset split for a Hub id"),
+    max_prompt_tokens: int = typer.Option(2046, min=1, help="longer prompts are dropped and counted"),
+    stop: Optional[list[str]] = typer.Option(None, help="stop string (repeatable)"),
+    engine: str = typer.Option("batched", help="batched | sequential"),
+) -> None:
+    """Answer every prompt with one GGUF model through llama.cpp."""
+    from lite_delta.config import GenerateConfig
+    from lite_delta.generate import generate as run_generate
+
+    cfg = _validated(
+        GenerateConfig,
+        model=model,
+        out=out,
+        prompts=dict(source=prompts, column=prompt_column, split=split, n=n, max_prompt_tokens=max_prompt_tokens),
+        generation=dict(
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            parallel=parallel,
+            system=system,
+            samples_per_prompt=samples,
+            stop=stop or [],
+            engine=engine,
+        ),
+    )
+    path = run_generate(cfg)
+    console.print(f"[green]done[/green]: {path / 'completions.jsonl'}")
+
+
+@app.command()
+def pair(
+    out: Path = typer.Option(..., help="output directory: pairs.jsonl, stats.json, dataset/"),
+    chosen: Optional[Path] = typer.Option(None, help="generate output of the stronger model (by_model)"),
+    rejected: Optional[Path] = typer.Option(None, help="generate output of the weaker model (by_model)"),
+    samples: Optional[Path] = typer.Option(None, help="generate output with several samples per prompt (by_score)"),
+    scorer: str = typer.Option("sections", help="sections | paragraphs | list_items | length | module:function"),
+    min_margin: float = typer.Option(1.0, min=0.0, help="by_score: smallest score gap kept"),
+    allow_truncated: bool = typer.Option(False, help="keep answers cut by max_tokens"),
+    max_length: Optional[int] = typer.Option(2048, min=1, help="prompt+answer tokens per side"),
+) -> None:
+    """Form preference pairs: by model (chosen/rejected dirs) or by a scorer over samples."""
+    from lite_delta.pairs import PairConfig, make_pairs
+
+    mode = "by_score" if samples is not None else "by_model"
+    cfg = _validated(
+        PairConfig,
+        mode=mode,
+        chosen=chosen,
+        rejected=rejected,
+        samples=samples,
+        scorer=scorer,
+        min_margin=min_margin,
+        allow_truncated=allow_truncated,
+        max_length=max_length,
+        out=out,
+    )
+    path = make_pairs(cfg)
+    console.print(f"[green]done[/green]: {path / 'pairs.jsonl'}")
+
+
+@bench_app.command("generate")
+def bench_generate(
+    model: str = typer.Option(..., help="GGUF model reference"),
+    parallel: int = typer.Option(16, min=1, help="slots of the batched engine"),
+    prompts: int = typer.Option(32, min=1, help="number of prompts (built-in demo set, cycled)"),
+    max_tokens: int = typer.Option(64, min=1, help="new tokens per prompt (fixed: end tokens ignored)"),
+    out: Optional[Path] = typer.Option(None, help="write the figures as JSON here"),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: all cores)"),
+) -> None:
+    """Batched engine vs the sequential one-prompt-at-a-time loop, same prompts, one run."""
+    from lite_delta.bench import bench_generate as run_bench
+
+    result = run_bench(model, parallel=parallel, n_prompts=prompts, max_tokens=max_tokens, n_threads=threads, out=out)
+    print(
+        f"batched {result['batched_tok_s']:.1f} tok/s | sequential {result['sequential_tok_s']:.1f} tok/s | "
+        f"speedup {result['speedup']:.2f}x  ({result['slots']} slots, {result['n_threads']} threads, {result['device']})"
+    )
+
+
+def _validated(model_cls, **fields):
+    from pydantic import ValidationError
+
+    from lite_delta.config import format_validation_error
+
+    try:
+        return model_cls.model_validate(fields)
+    except ValidationError as exc:
+        raise LiteDeltaError(format_validation_error(exc, "options")) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print("[yellow]interrupted[/yellow]: finished work is saved; rerun the same command to resume")
+        sys.exit(130)
+    except LiteDeltaError as exc:
+        console.print(f"[red]error[/red]: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

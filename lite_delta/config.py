@@ -1,0 +1,114 @@
+"""Typed recipe models. A recipe YAML is validated into these; a bad field is one clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lite_delta.errors import LiteDeltaError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromptsConfig(Strict):
+    source: str = Field(description="Hub dataset id, local .jsonl/.json/.parquet file, or builtin:NAME")
+    column: str | None = Field(None, description="column holding the prompt; auto-detected when unset")
+    split: str = "train"
+    n: int | None = Field(None, gt=0, description="use N prompts (deterministic sample); all when unset")
+    sample: Literal["first", "random"] = "random"
+    seed: int = 0
+    max_prompt_tokens: int = Field(2046, gt=0, description="longer prompts are dropped and counted (paper: 2046)")
+
+
+class GenerationConfig(Strict):
+    temperature: float = Field(0.0, ge=0, description="0 = greedy (the paper)")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    max_tokens: int = Field(2048, gt=0, description="new tokens per answer (paper: 2048)")
+    stop: list[str] = Field(default_factory=list)
+    samples_per_prompt: int = Field(1, gt=0)
+    seed: int = 0
+    parallel: int = Field(16, gt=0, description="sequences decoded at once by the batched engine")
+    engine: Literal["batched", "sequential"] = "batched"
+    system: str | None = Field(None, description="system prompt prepended to every conversation")
+    n_gpu_layers: int | None = Field(None, ge=0, description="layers on the GPU; all when the build has GPU offload")
+    n_threads: int | None = Field(None, gt=0)
+
+
+class TeachersConfig(Strict):
+    chosen: str | None = Field(None, description="the stronger model (by_model pairing)")
+    rejected: str | None = Field(None, description="the weaker model (by_model pairing)")
+    samples: str | None = Field(None, description="one model sampled several times (by_score pairing)")
+    chat_template: str | None = Field(None, description="Jinja template overriding the GGUF's own")
+
+
+class PairingConfig(Strict):
+    mode: Literal["by_model", "by_score"] = "by_model"
+    scorer: str = Field("sections", description="sections | paragraphs | list_items | length | module:function")
+    min_margin: float = Field(1.0, ge=0)
+    allow_truncated: bool = False
+    max_length: int | None = Field(2048, gt=0, description="prompt+answer tokens per side")
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    prompts: PromptsConfig
+    teachers: TeachersConfig
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    pairing: PairingConfig = Field(default_factory=PairingConfig)
+
+    @model_validator(mode="after")
+    def _teachers_match_mode(self) -> "Recipe":
+        t = self.teachers
+        if self.pairing.mode == "by_model" and not (t.chosen and t.rejected):
+            raise ValueError("pairing.mode by_model needs teachers.chosen and teachers.rejected")
+        if self.pairing.mode == "by_score":
+            if not t.samples:
+                raise ValueError("pairing.mode by_score needs teachers.samples")
+            if self.generation.samples_per_prompt < 2:
+                raise ValueError("pairing.mode by_score needs generation.samples_per_prompt >= 2")
+        return self
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"field `{loc}`: {msg}" if loc else msg)
+    return f"{source}: " + "; ".join(parts)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise LiteDeltaError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LiteDeltaError(f"{path} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LiteDeltaError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise LiteDeltaError(f"{path}: a recipe is a YAML mapping of sections (name, prompts, teachers, ...)")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise LiteDeltaError(format_validation_error(exc, str(path))) from None
+
+
+class GenerateConfig(Strict):
+    """One `generate` stage: one model answering a prompt set into `out/completions.jsonl`."""
+
+    model: str = Field(description="local .gguf path, hf://ORG/REPO/FILE.gguf (globs allowed) or pkg://PACKAGE/FILE.gguf")
+    prompts: PromptsConfig
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    out: Path
+    chat_template: str | None = None

