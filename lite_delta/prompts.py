@@ -1,0 +1,297 @@
+"""Load the prompts that the teachers answer, from a file, a built-in set or a Hub dataset.
+
+A prompt is a conversation that ends before the assistant's reply. Rows may hold a plain string
+(one user turn) or a list of ``{role, content}`` messages; a conversation that already ends with an
+assistant turn is cut before that turn, which is how the paper takes prompts from the ``chosen``
+column of the Tulu 3 preference mixture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lite_delta.errors import LiteDeltaError
+
+# Checked in this order when no column is named.
+PROMPT_COLUMNS = ("messages", "prompt", "chosen", "conversations", "instruction", "question")
+ROLES = ("system", "user", "assistant", "tool")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+# ShareGPT-style {"from": ..., "value": ...} turns, as found in many `conversations` columns.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt: a content hash, its position in the loaded list, and the chat messages."""
+
+    prompt_id: str  # first 16 hex digits of the sha256 of the canonical JSON of `messages`
+    index: int
+    messages: tuple[dict, ...] = field(hash=False)  # dicts are unhashable; prompt_id stands for them
+
+
+def prompt_id(messages: list[dict] | tuple[dict, ...]) -> str:
+    """Content hash of a conversation: the same messages give the same id in every run."""
+    blob = json.dumps(list(messages), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def load_prompts(
+    source: str,
+    *,
+    column: str | None = None,
+    split: str = "train",
+    n: int | None = None,
+    sample: Literal["first", "random"] = "random",
+    seed: int = 0,
+) -> tuple[list[Prompt], dict]:
+    """Read, clean, deduplicate and sample prompts.
+
+    ``source``: a .jsonl/.json/.parquet file, ``builtin:NAME`` (e.g. ``builtin:demo``) or a Hub
+    dataset id ``ORG/NAME``. ``n``/``sample``/``seed`` pick a subset that keeps source order.
+    Returns the prompts and counts: ``rows``, ``empty``, ``duplicates``, ``selected``.
+    """
+    if sample not in ("first", "random"):
+        raise LiteDeltaError(f"prompt sample must be 'first' or 'random', not {sample!r}")
+    if n is not None and n < 1:
+        raise LiteDeltaError(f"number of prompts must be at least 1, not {n}")
+
+    label, columns, cells = _read_source(source, split)
+    column = _pick_column(label, columns, column)
+
+    unique: dict[str, tuple[dict, ...]] = {}
+    stats = {"rows": 0, "empty": 0, "duplicates": 0, "selected": 0}
+    for where, value in cells(column):
+        stats["rows"] += 1
+        messages = _to_messages(value, f"{label} {where}", column)
+        if messages is None:
+            stats["empty"] += 1
+            continue
+        pid = prompt_id(messages)
+        if pid in unique:
+            stats["duplicates"] += 1
+        else:
+            unique[pid] = tuple(messages)
+    if not unique:
+        raise LiteDeltaError(
+            f"no prompts in {label}: {stats['rows']} rows, all empty in column '{column}' "
+            "(or with no user turn)"
+        )
+
+    ids = list(unique)
+    if n is not None and n < len(ids):
+        if sample == "first":
+            ids = ids[:n]
+        else:
+            ids = [ids[i] for i in sorted(random.Random(seed).sample(range(len(ids)), n))]
+    prompts = [Prompt(prompt_id=pid, index=i, messages=unique[pid]) for i, pid in enumerate(ids)]
+    stats["selected"] = len(prompts)
+    return prompts, stats
+
+
+# --- sources ------------------------------------------------------------------------------------
+# Each reader returns (label for messages, column names, cells) where cells(column) yields
+# (location such as "line 3" or "row 3", value) pairs, _MISSING where a row lacks the column.
+
+
+def _read_source(source: str, split: str):
+    if source.startswith("builtin:"):
+        return _read_builtin(source)
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _read_file(path)
+    if path.is_dir():
+        raise LiteDeltaError(f"prompts source {source} is a folder: give a .jsonl, .json or .parquet file")
+    looks_like_path = (
+        source.startswith((".", "/", "~"))
+        or path.suffix.lower() in FILE_SUFFIXES
+        or not _HUB_ID.match(source)
+    )
+    if looks_like_path:
+        raise LiteDeltaError(
+            f"prompts file not found: {source} (give a .jsonl, .json or .parquet file, "
+            "builtin:NAME, or a Hub dataset id ORG/NAME)"
+        )
+    return _read_hub(source, split)
+
+
+def _read_builtin(source: str):
+    name = source.removeprefix("builtin:")
+    data = importlib.resources.files("lite_delta") / "data"
+    resource = data / f"{name}.jsonl"
+    if not name or not resource.is_file():
+        available = sorted(p.name.removesuffix(".jsonl") for p in data.iterdir() if p.name.endswith(".jsonl"))
+        raise LiteDeltaError(
+            f"no built-in prompt set {name!r}; available: {', '.join('builtin:' + a for a in available)}"
+        )
+    return _parse_jsonl(source, resource.read_bytes())
+
+
+def _read_file(path: Path):
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise LiteDeltaError(
+            f"{path} has an unsupported extension {suffix or '(none)'}: use one of {', '.join(FILE_SUFFIXES)}"
+        )
+    if path.stat().st_size == 0:
+        raise LiteDeltaError(f"prompts file {path} is empty")
+    if suffix == ".jsonl":
+        return _parse_jsonl(str(path), path.read_bytes())
+    if suffix == ".json":
+        return _parse_json(str(path), path.read_bytes())
+    return _read_parquet(path)
+
+
+def _parse_jsonl(label: str, data: bytes):
+    rows: list[tuple[str, dict]] = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise LiteDeltaError(f"{label} line {number} is not UTF-8 text: save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LiteDeltaError(f"{label} line {number} is not valid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise LiteDeltaError(f"{label} line {number} is not a JSON object: each line must be {{\"prompt\": ...}}")
+        rows.append((f"line {number}", row))
+    if not rows:
+        raise LiteDeltaError(f"prompts file {label} has no rows (only blank lines)")
+    return _from_rows(label, rows)
+
+
+def _parse_json(label: str, data: bytes):
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise LiteDeltaError(f"{label} is not UTF-8 text: save the file as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise LiteDeltaError(f"{label} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    if isinstance(doc, dict):
+        doc = next((doc[k] for k in ("data", "rows", "train") if isinstance(doc.get(k), list)), doc)
+    if not isinstance(doc, list):
+        raise LiteDeltaError(f"{label} must hold a list of objects, or an object with a 'data', 'rows' or 'train' list")
+    if not doc:
+        raise LiteDeltaError(f"prompts file {label} has no rows")
+    rows = []
+    for number, row in enumerate(doc, start=1):
+        if not isinstance(row, dict):
+            raise LiteDeltaError(f"{label} row {number} is not a JSON object: each row must be {{\"prompt\": ...}}")
+        rows.append((f"row {number}", row))
+    return _from_rows(label, rows)
+
+
+def _from_rows(label: str, rows: list[tuple[str, dict]]):
+    columns = list(dict.fromkeys(key for _, row in rows for key in row))
+
+    def cells(column: str):
+        return ((where, row.get(column, _MISSING)) for where, row in rows)
+
+    return label, columns, cells
+
+
+def _read_parquet(path: Path):
+    import datasets
+
+    try:
+        table = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise LiteDeltaError(f"{path} could not be read as Parquet: {exc}") from None
+    return _from_dataset(str(path), table)
+
+
+def _read_hub(source: str, split: str):
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    try:
+        table = datasets.load_dataset(source, split=split)
+    except DatasetNotFoundError:
+        raise LiteDeltaError(
+            f"Hub dataset {source} was not found, or is not in the local cache while offline: check the id; "
+            f"for a gated dataset accept its terms on https://huggingface.co/datasets/{source} and run `hf auth login`"
+        ) from None
+    except ConnectionError:
+        raise LiteDeltaError(
+            f"Hub dataset {source} is not in the local cache and the Hub cannot be reached: connect once, "
+            f"or `hf download {source} --repo-type dataset`, or pass a local .jsonl/.json/.parquet file"
+        ) from None
+    except ValueError as exc:
+        if "split" in str(exc).lower():
+            raise LiteDeltaError(f"Hub dataset {source} has no split '{split}': {exc}") from None
+        raise
+    return _from_dataset(source, table)
+
+
+def _from_dataset(label: str, table):
+    if table.num_rows == 0:
+        raise LiteDeltaError(f"prompts source {label} has no rows")
+
+    def cells(column: str):
+        return ((f"row {i}", value) for i, value in enumerate(table[column], start=1))
+
+    return label, list(table.column_names), cells
+
+
+# --- rows to messages ---------------------------------------------------------------------------
+
+
+def _pick_column(label: str, columns: list[str], column: str | None) -> str:
+    found = ", ".join(columns) or "none"
+    if column is not None:
+        if column not in columns:
+            raise LiteDeltaError(f"column '{column}' not found in {label}; columns found: {found}")
+        return column
+    for candidate in PROMPT_COLUMNS:
+        if candidate in columns:
+            return candidate
+    raise LiteDeltaError(
+        f"no prompt column in {label} (columns found: {found}): pass --prompt-column NAME "
+        f"(looked for {', '.join(PROMPT_COLUMNS)})"
+    )
+
+
+def _to_messages(value: Any, where: str, column: str) -> list[dict] | None:
+    """Chat messages for one cell, or None when it holds no prompt (counted as empty)."""
+    if value is _MISSING:
+        raise LiteDeltaError(f"{where} has no '{column}' field: every row needs one")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}] if value.strip() else None
+    if not isinstance(value, (list, tuple)):
+        raise LiteDeltaError(
+            f"{where}, field '{column}' must be a string or a list of {{role, content}} messages, "
+            f"not {type(value).__name__}"
+        )
+    messages = [_to_message(item, f"{where}, field '{column}' message {i}") for i, item in enumerate(value, start=1)]
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]  # the prompt is everything before the reply
+    if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+        return None
+    return messages
+
+
+def _to_message(item: Any, where: str) -> dict:
+    if isinstance(item, dict) and "role" not in item and "from" in item:
+        item = {"role": SHAREGPT_ROLES.get(item["from"], item["from"]), "content": item.get("value")}
+    if not isinstance(item, dict):
+        raise LiteDeltaError(f"{where} must be an object with 'role' and 'content', not {type(item).__name__}")
+    role, content = item.get("role"), item.get("content")
+    if role not in ROLES:
+        raise LiteDeltaError(f"{where} has role {role!r}: it must be one of {', '.join(ROLES)}")
+    if not isinstance(content, str):
+        raise LiteDeltaError(f"{where} ('{role}') must have string 'content', not {type(content).__name__}")
+    return {"role": role, "content": content}
