@@ -1,0 +1,339 @@
+"""Chosen/rejected pairs from generated completions, written as a TRL conversational preference set.
+
+Two ways to label a pair, neither with a judge:
+- ``by_model`` (the paper's heuristic): the stronger model's answer is chosen, the weaker one's rejected,
+  joined on (prompt_id, sample). Only mechanical filters apply.
+- ``by_score``: several samples of one model per prompt, ranked by a countable scorer (e.g. bold sections);
+  the best is chosen and the worst rejected when they differ by at least ``min_margin``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lite_delta.errors import LiteDeltaError
+from lite_delta.generate.store import read_completions
+from lite_delta.pairs.scorers import SCORERS, Scorer, get_scorer
+
+log = logging.getLogger(__name__)
+
+PAIRS_FILE = "pairs.jsonl"
+STATS_FILE = "stats.json"
+DATASET_DIR = "dataset"
+
+# Every filter that can drop a candidate, in the order by_model applies them; all appear in stats.json.
+FILTERS = ("unmatched", "empty", "truncated", "identical", "over_max_length", "too_few_samples", "below_margin")
+
+
+class PairConfig(BaseModel):
+    """How to turn completions into preference pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["by_model", "by_score"]
+    """by_model: chosen model's answer beats the rejected model's (the paper). by_score: rank one model's samples."""
+    chosen: Path | None = None
+    """by_model: generate output dir (or completions.jsonl) of the stronger model, e.g. Qwen2.5-3B."""
+    rejected: Path | None = None
+    """by_model: generate output dir (or completions.jsonl) of the weaker model, e.g. Qwen2.5-1.5B."""
+    samples: Path | None = None
+    """by_score: generate output dir (or completions.jsonl) holding k >= 2 samples per prompt."""
+    scorer: str = "sections"
+    """Built-in scorer (sections, paragraphs, list_items, length) or 'package.module:function'."""
+    min_margin: float = Field(1.0, ge=0)
+    """by_score: smallest chosen-minus-rejected score kept (the paper's bold-section delta is 1)."""
+    allow_truncated: bool = False
+    """Keep answers that hit the token limit (finish_reason 'length'); the paper kept none cut off."""
+    max_length: int | None = Field(2048, gt=0)
+    """Drop a side whose prompt_tokens + completion_tokens exceeds this (the paper trained at 2048); None: no limit."""
+    out: Path
+    """Output dir: pairs.jsonl, dataset/ (HF dataset on disk) and stats.json."""
+
+    @model_validator(mode="after")
+    def _inputs_match_mode(self) -> "PairConfig":
+        if self.mode == "by_model":
+            if self.chosen is None or self.rejected is None:
+                raise ValueError("mode 'by_model' needs both `chosen` and `rejected` (generate output dirs)")
+            if self.samples is not None:
+                raise ValueError("`samples` is for mode 'by_score'; remove it or set mode: by_score")
+        else:
+            if self.samples is None:
+                raise ValueError("mode 'by_score' needs `samples` (a generate output dir with k >= 2 samples)")
+            if self.chosen is not None or self.rejected is not None:
+                raise ValueError("`chosen`/`rejected` are for mode 'by_model'; use `samples` with mode 'by_score'")
+        return self
+
+
+def make_pairs(cfg: PairConfig) -> Path:
+    """Write ``pairs.jsonl``, ``dataset/`` and ``stats.json`` under ``cfg.out`` and return ``cfg.out``."""
+    scorer = _checked(get_scorer(cfg.scorer), cfg.scorer)
+    filters = dict.fromkeys(FILTERS, 0)
+    if cfg.mode == "by_model":
+        chosen, rejected = _load(cfg.chosen), _load(cfg.rejected)
+        pairs, candidates = _pair_by_model(chosen, rejected, cfg, filters)
+        inputs = {"chosen": str(cfg.chosen), "rejected": str(cfg.rejected)}
+    else:
+        pairs, candidates = _pair_by_score(_load(cfg.samples), cfg, scorer, filters)
+        inputs = {"samples": str(cfg.samples)}
+
+    rows = [_row(c, r, scorer) for c, r in pairs]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / PAIRS_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    _save_dataset(rows, out / DATASET_DIR)
+    stats = _stats(cfg, inputs, pairs, rows, candidates, filters)
+    _write_atomic(out / STATS_FILE, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    if "warning" in stats:
+        log.warning(stats["warning"])
+    return out
+
+
+def _checked(scorer: Scorer, name: str) -> Scorer:
+    """The scorer, with a user function's crash or NaN turned into a message naming it."""
+
+    def score(text: str) -> float:
+        try:
+            value = float(scorer(text))
+        except Exception as exc:
+            raise LiteDeltaError(f"scorer {name!r} failed on an answer ({exc!r}); fix it or pick another") from exc
+        if math.isnan(value):
+            raise LiteDeltaError(f"scorer {name!r} returned NaN for an answer; it must return a number")
+        return value
+
+    return score
+
+
+# --- input -----------------------------------------------------------------------------------------
+
+_FIELD_TYPES = {
+    "prompt_id": str,
+    "index": int,
+    "sample": int,
+    "messages": list,
+    "completion": str,
+    "finish_reason": str,
+    "prompt_tokens": int,
+    "completion_tokens": int,
+    "model": str,
+}
+
+
+def _load(path: Path) -> list[dict]:
+    """The records of one generate output, checked field by field; sorted by (index, sample, key)."""
+    records = read_completions(path)
+    if not records:
+        raise LiteDeltaError(f"{path} holds no completions: rerun `lite-delta generate` for it")
+    for i, record in enumerate(records, 1):
+        for field, kind in _FIELD_TYPES.items():
+            value = record[field]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise LiteDeltaError(
+                    f"{path}: record {i} field `{field}` should be {kind.__name__}, got {value!r:.60}; "
+                    "regenerate it with `lite-delta generate`"
+                )
+        for message in record["messages"]:
+            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                    and isinstance(message.get("content"), str)):
+                raise LiteDeltaError(
+                    f"{path}: record {i} has a prompt message without string `role` and `content`; "
+                    "regenerate it with `lite-delta generate`"
+                )
+    return sorted(records, key=lambda r: (r["index"], r["sample"], r["key"]))
+
+
+# --- pairing ---------------------------------------------------------------------------------------
+
+
+def _too_long(record: dict, cfg: PairConfig) -> bool:
+    return cfg.max_length is not None and record["prompt_tokens"] + record["completion_tokens"] > cfg.max_length
+
+
+def _text(record: dict) -> str:
+    return record["completion"].strip()
+
+
+def _pair_by_model(chosen: list[dict], rejected: list[dict], cfg: PairConfig, filters: dict) -> tuple[list, int]:
+    """Join on (prompt_id, sample) and apply the mechanical filters in order; the first that fails counts."""
+    by_key = {}
+    for record in rejected:
+        by_key.setdefault((record["prompt_id"], record["sample"]), record)
+    chosen_keys = {(r["prompt_id"], r["sample"]) for r in chosen}
+    filters["unmatched"] = len(chosen_keys ^ by_key.keys())
+    pairs, seen = [], set()
+    for c in chosen:  # already in (index, sample) order
+        key = (c["prompt_id"], c["sample"])
+        if key in seen or key not in by_key:
+            continue
+        seen.add(key)
+        r = by_key[key]
+        if not _text(c) or not _text(r):
+            filters["empty"] += 1
+        elif not cfg.allow_truncated and "length" in (c["finish_reason"], r["finish_reason"]):
+            filters["truncated"] += 1
+        elif _text(c) == _text(r):
+            filters["identical"] += 1
+        elif _too_long(c, cfg) or _too_long(r, cfg):
+            filters["over_max_length"] += 1
+        else:
+            pairs.append((c, r))
+    return pairs, len(seen)
+
+
+def _pair_by_score(samples: list[dict], cfg: PairConfig, scorer: Scorer, filters: dict) -> tuple[list, int]:
+    """Per prompt: drop unusable samples, then the best-scored answer is chosen and the worst rejected."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in samples:  # already in (index, sample) order, so groups come out in prompt order
+        groups[record["prompt_id"]].append(record)
+    pairs = []
+    for group in groups.values():
+        kept = []
+        for record in group:
+            if not _text(record):
+                filters["empty"] += 1
+            elif not cfg.allow_truncated and record["finish_reason"] == "length":
+                filters["truncated"] += 1
+            elif _too_long(record, cfg):
+                filters["over_max_length"] += 1
+            else:
+                kept.append((scorer(record["completion"]), record))
+        if len(kept) < 2:
+            filters["too_few_samples"] += 1
+            continue
+        # Ties: the lowest sample number is chosen, the highest rejected.
+        best_score, best = min(kept, key=lambda sr: (-sr[0], sr[1]["sample"]))
+        worst_score, worst = min(kept, key=lambda sr: (sr[0], -sr[1]["sample"]))
+        if best_score - worst_score < cfg.min_margin:
+            filters["below_margin"] += 1
+        elif _text(best) == _text(worst):
+            filters["identical"] += 1
+        else:
+            pairs.append((best, worst))
+    return pairs, len(groups)
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def _row(chosen: dict, rejected: dict, scorer: Scorer) -> dict:
+    """One pair in TRL's conversational preference format, plus provenance."""
+    return {
+        "prompt": [{"role": m["role"], "content": m["content"]} for m in chosen["messages"]],
+        "chosen": [{"role": "assistant", "content": chosen["completion"]}],
+        "rejected": [{"role": "assistant", "content": rejected["completion"]}],
+        "prompt_id": chosen["prompt_id"],
+        "chosen_model": chosen["model"],
+        "rejected_model": rejected["model"],
+        "chosen_score": scorer(chosen["completion"]),
+        "rejected_score": scorer(rejected["completion"]),
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_dataset(rows: list[dict], path: Path) -> None:
+    """Save as an HF dataset, built beside the old one and swapped in, so a crash leaves one whole copy."""
+    import datasets  # heavy import, only needed here
+
+    message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    features = datasets.Features(
+        {
+            "prompt": datasets.List(message),
+            "chosen": datasets.List(message),
+            "rejected": datasets.List(message),
+            "prompt_id": datasets.Value("string"),
+            "chosen_model": datasets.Value("string"),
+            "rejected_model": datasets.Value("string"),
+            "chosen_score": datasets.Value("float64"),
+            "rejected_score": datasets.Value("float64"),
+        }
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    columns = {name: [row[name] for row in rows] for name in features}  # keeps the schema when rows is empty
+    dataset = datasets.Dataset.from_dict(columns, features=features)
+    # An empty dataset saved with the default 0 shards cannot be loaded back; one shard can.
+    dataset.save_to_disk(str(tmp), num_shards=1 if not rows else None)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def _distribution(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "p50": None, "p90": None, "max": None}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:  # nearest-rank percentile
+        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+    return {"mean": sum(ordered) / len(ordered), "p50": rank(0.5), "p90": rank(0.9), "max": ordered[-1]}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _side_stats(records: list[dict]) -> dict:
+    texts = [r["completion"] for r in records]
+    return {
+        "completion_tokens": _distribution([r["completion_tokens"] for r in records]),
+        "chars": _distribution([len(t) for t in texts]),
+        "scorer_means": {name: _mean([fn(t) for t in texts]) for name, fn in SCORERS.items()},
+    }
+
+
+def _stats(cfg: PairConfig, inputs: dict, pairs: list, rows: list[dict], candidates: int, filters: dict) -> dict:
+    chosen_scores = [row["chosen_score"] for row in rows]
+    rejected_scores = [row["rejected_score"] for row in rows]
+    stats = {
+        "mode": cfg.mode,
+        "inputs": inputs,
+        "pairs": len(rows),
+        # by_model: joined (prompt_id, sample) pairs; by_score: prompts.
+        "candidates": candidates,
+        "filters": filters,
+        "settings": {
+            "scorer": cfg.scorer,
+            "min_margin": cfg.min_margin,
+            "allow_truncated": cfg.allow_truncated,
+            "max_length": cfg.max_length,
+        },
+        "chosen": _side_stats([c for c, _ in pairs]),
+        "rejected": _side_stats([r for _, r in pairs]),
+        "scorer": {
+            "name": cfg.scorer,
+            "chosen_mean": _mean(chosen_scores),
+            "rejected_mean": _mean(rejected_scores),
+            "margin_mean": _mean([c - r for c, r in zip(chosen_scores, rejected_scores)]),
+        },
+    }
+    if not rows:
+        stats["warning"] = _zero_pairs_warning(filters, candidates)
+    return stats
+
+
+def _zero_pairs_warning(filters: dict, candidates: int) -> str:
+    dropped = {name: n for name, n in filters.items() if n}
+    if not dropped:
+        return "no pairs written: the inputs gave no candidates"
+    worst = max(dropped, key=dropped.get)
+    detail = ", ".join(f"{name} {n}" for name, n in dropped.items())
+    return (
+        f"no pairs written from {candidates} candidates: the `{worst}` filter removed the most ({detail}); "
+        "check the generate outputs or relax that filter"
+    )

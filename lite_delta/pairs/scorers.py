@@ -1,0 +1,81 @@
+"""Countable style utilities over one answer: each a pure ``str -> float`` function.
+
+``sections`` is the utility of the paper's controlled experiment (bold Markdown section headers).
+A user scorer is any importable function named as ``"package.module:function"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Callable
+
+from lite_delta.errors import LiteDeltaError
+
+Scorer = Callable[[str], float]
+
+# A whole line of bold text, "**Title**" or "**Title:**", optionally followed by a colon.
+_BOLD_LINE = re.compile(r"^ {0,3}\*\*(?=\S)(?:(?!\*\*).)+?(?<=\S)\*\*:?\s*$")
+# An ATX heading: 1-6 '#' then a space and some text.
+_HEADING_LINE = re.compile(r"^ {0,3}#{1,6}[ \t]+\S")
+# A bullet (-, *, +) or numbered (1. / 1)) list item, then a space and text.
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)])[ \t]+\S")
+# A thematic break such as "---", "***" or "* * *" (it would otherwise look like a bullet).
+_HORIZONTAL_RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
+_BLANK_LINES = re.compile(r"\n[ \t]*\n")
+
+
+def _lines(text: str) -> list[str]:
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def sections_count(text: str) -> float:
+    """Lines that are a bold section header (the whole line bold) or a Markdown ``#`` heading."""
+    return float(sum(1 for line in _lines(text) if _BOLD_LINE.match(line) or _HEADING_LINE.match(line)))
+
+
+def paragraph_count(text: str) -> float:
+    """Non-empty blocks separated by one or more blank lines."""
+    blocks = _BLANK_LINES.split("\n".join(_lines(text)))
+    return float(sum(1 for block in blocks if block.strip()))
+
+
+def list_item_count(text: str) -> float:
+    """Lines that are Markdown bullet or numbered list items (indented ones included)."""
+    return float(
+        sum(1 for line in _lines(text) if _LIST_ITEM.match(line) and not _HORIZONTAL_RULE.match(line))
+    )
+
+
+def word_count(text: str) -> float:
+    """Whitespace-separated words."""
+    return float(len(text.split()))
+
+
+SCORERS: dict[str, Scorer] = {
+    "sections": sections_count,
+    "paragraphs": paragraph_count,
+    "list_items": list_item_count,
+    "length": word_count,
+}
+
+
+def get_scorer(name: str) -> Scorer:
+    """A built-in scorer by name, or a user function given as ``"package.module:function"``."""
+    if name in SCORERS:
+        return SCORERS[name]
+    builtins = ", ".join(SCORERS)
+    if ":" not in name:
+        raise LiteDeltaError(
+            f"unknown scorer {name!r}: use one of {builtins}, or 'package.module:function' for your own"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise LiteDeltaError(
+            f"cannot import scorer {name!r} ({exc}); check it is importable, or use one of {builtins}"
+        ) from None
+    if not callable(func):
+        raise LiteDeltaError(f"scorer {name!r} is not a function; use one of {builtins} or a callable str -> float")
+    return func
