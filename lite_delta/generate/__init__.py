@@ -1,0 +1,13 @@
+"""Stage 1: weak teachers answer prompts through llama.cpp."""
+
+
+def __getattr__(name):
+    # Lazy, so that `lite_delta.generate.store` can be used without loading llama.cpp.
+    if name == "generate":
+        from lite_delta.generate.stage import generate
+
+        return generate
+    raise AttributeError(name)
+
+
+__all__ = ["generate"]

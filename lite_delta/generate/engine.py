@@ -1,0 +1,457 @@
+"""llama.cpp generation: a batched engine (many sequences in one context) and the sequential reference.
+
+The batched engine is continuous batching over llama.cpp's low-level API: one context with
+``n_seq_max`` slots, one ``llama_batch`` per step whose tokens carry their slot's sequence id,
+a sampler chain per slot, and a finished slot cleared with ``llama_memory_seq_rm`` and refilled
+from the queue at once. The sequential engine is the high-level ``Llama`` one prompt at a time,
+what most tools do; tests and ``lite-delta bench generate`` compare the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import llama_cpp
+from llama_cpp import _internals, _logger
+
+from lite_delta.errors import LiteDeltaError
+from lite_delta.generate.template import render_chat, with_system
+
+log = logging.getLogger(__name__)
+
+ALL_LAYERS = 0x7FFFFFFF  # llama.cpp's "offload every layer"
+
+
+def gpu_offload_available() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def cpu_extra_buffers() -> bool:
+    """Whether llama.cpp may use its CPU "extra" weight buffers (AMX tiles, repacked layouts).
+
+    ggml's AMX kernels segfault where the CPU advertises AMX but the VM does not enable it (seen on
+    cloud VMs; a native build compiles AMX in there). Repacking is a modest CPU speed-up, so with an
+    AMX build we go without both. LITE_DELTA_CPU_EXTRA_BUFFERS=1 or 0 overrides.
+    """
+    setting = os.environ.get("LITE_DELTA_CPU_EXTRA_BUFFERS", "auto")
+    if setting in ("0", "1"):
+        return setting == "1"
+    return "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def _llama_model_params(**fields):
+    """Make llama_cpp.Llama load its model with these llama_model_params (it has no argument for them)."""
+    module = llama_cpp.llama_cpp
+    original = module.llama_model_default_params
+
+    def patched():
+        params = original()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    module.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = original
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def round_up(n: int, multiple: int = 256) -> int:
+    # llama.cpp pads n_ctx to 256; asking for a padded size keeps Python's view and llama.cpp's equal.
+    return -(-n // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # benchmarks only: fixed-length outputs
+
+
+@dataclass
+class Request:
+    key: str
+    tokens: list[int]
+    seed: int
+    payload: Any = None
+
+
+@dataclass
+class Completion:
+    request: Request
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" or "length"
+
+
+class GGUFModel:
+    """One GGUF file loaded once: weights, vocabulary and chat template."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_gpu_layers: int | None = None,
+        chat_template: str | None = None,
+        verbose: bool = False,
+    ):
+        from lite_delta.models import check_gguf
+
+        self.path = Path(path)
+        check_gguf(self.path)
+        _logger.set_verbose(verbose)
+        self.verbose = verbose
+        if n_gpu_layers is None:
+            n_gpu_layers = ALL_LAYERS if gpu_offload_available() else 0
+        self.n_gpu_layers = n_gpu_layers
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = self.extra_buffers = cpu_extra_buffers()
+        try:
+            self.model = _internals.LlamaModel(path_model=str(self.path), params=params, verbose=verbose)
+        except ValueError:
+            raise LiteDeltaError(
+                f"llama.cpp could not load {self.path}: the file is corrupt, incomplete, or of an "
+                "architecture this llama-cpp-python build does not support"
+            ) from None
+        self.metadata = self.model.metadata()
+        self.chat_template = chat_template or self.metadata.get("tokenizer.chat_template")
+        bos, eos = self.model.token_bos(), self.model.token_eos()
+        self.bos_text = self.model.token_get_text(bos) if bos >= 0 else ""
+        self.eos_text = self.model.token_get_text(eos) if eos >= 0 else ""
+        self.n_ctx_train = self.model.n_ctx_train()
+
+    def render(self, messages: list[dict], system: str | None = None) -> str:
+        if not self.chat_template:
+            raise LiteDeltaError(
+                f"{self.path.name} has no chat template in its GGUF metadata (tokenizer.chat_template); "
+                "set `chat_template` in the recipe to the model's Jinja template"
+            )
+        return render_chat(
+            self.chat_template,
+            with_system(messages, system),
+            bos_token=self.bos_text,
+            eos_token=self.eos_text,
+            source=self.path.name,
+        )
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokenize a rendered prompt; BOS is added only if the model wants it and the template did not."""
+        add_bos = self.model.add_bos_token() and not (self.bos_text and text.startswith(self.bos_text))
+        return self.model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.model.vocab, token))
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self.model.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n] if n >= 0 else b""
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def _new_sampler(params: SamplingParams, seed: int) -> _internals.LlamaSampler:
+    # The same chain, in the same order, as llama_cpp.Llama builds, so both engines sample alike.
+    sampler = _internals.LlamaSampler()
+    if params.temperature <= 0:
+        sampler.add_greedy()
+        return sampler
+    sampler.add_top_k(params.top_k)
+    sampler.add_typical(1.0, 1)
+    sampler.add_top_p(params.top_p, 1)
+    sampler.add_min_p(0.0, 1)
+    sampler.add_temp(params.temperature)
+    sampler.add_dist(seed)
+    return sampler
+
+
+@dataclass
+class _Decoding:
+    """The output of one sequence so far, and when it must stop."""
+
+    model: GGUFModel
+    params: SamplingParams
+    limit: int  # tokens this sequence may still generate (max_tokens, or room left in its context)
+    tokens: list[int] = field(default_factory=list)
+    text_bytes: bytearray = field(default_factory=bytearray)
+    cut: int | None = None  # character offset of a stop string
+
+    def push(self, token: int) -> str | None:
+        """Record a sampled token; return the finish reason if the sequence is done."""
+        if self.model.is_eog(token) and not self.params.ignore_eos:
+            return "stop"
+        self.tokens.append(token)
+        self.text_bytes += self.model.piece(token)
+        if self.params.stop and self._hit_stop():
+            return "stop"
+        if len(self.tokens) >= self.limit:
+            return "length"
+        return None
+
+    def _hit_stop(self) -> bool:
+        window = max(len(s) for s in self.params.stop) * 4 + 16
+        tail = bytes(self.text_bytes[-window:]).decode("utf-8", "ignore")
+        if not any(s in tail for s in self.params.stop):
+            return False
+        text = self.text_bytes.decode("utf-8", "ignore")
+        self.cut = min(i for i in (text.find(s) for s in self.params.stop) if i >= 0)
+        return True
+
+    def result(self, request: Request, finish_reason: str) -> Completion:
+        text = self.text_bytes.decode("utf-8", "replace")
+        if self.cut is not None:
+            text = self.text_bytes.decode("utf-8", "ignore")[: self.cut]
+        return Completion(request, text, list(self.tokens), finish_reason)
+
+
+MIN_PREFILL_ROWS = 8  # no prompt chunk smaller than this: tiny matmuls take other kernels (other rounding)
+
+
+def prefill_chunks(n_tokens: int, n_batch: int) -> list[tuple[int, int]]:
+    """Split a prompt into [start, end) chunks of at most n_batch tokens, the last never tiny."""
+    bounds = list(range(0, n_tokens, n_batch)) + [n_tokens]
+    chunks = [(a, b) for a, b in zip(bounds, bounds[1:])]
+    if len(chunks) > 1 and chunks[-1][1] - chunks[-1][0] < MIN_PREFILL_ROWS:
+        (a, _), (_, end) = chunks[-2], chunks[-1]
+        middle = end - MIN_PREFILL_ROWS
+        chunks[-2:] = [(a, middle), (middle, end)]
+    return chunks
+
+
+@dataclass
+class _Slot:
+    request: Request
+    sampler: _internals.LlamaSampler
+    decoding: _Decoding
+    n_past: int = 0
+    next_token: int | None = None
+
+
+class BatchedEngine:
+    """Continuous batching: up to ``slots`` sequences decoded together in one llama.cpp context.
+
+    Every decode step carries exactly one row per slot, in slot order (an idle slot decodes a
+    throwaway token), and each prompt is prefilled in its own call. The shape of every llama.cpp
+    call then depends only on ``slots`` and the prompt itself, never on which other sequences are
+    running, so a seeded answer is the same whatever else shares the batch or whether the run was
+    resumed: llama.cpp picks kernels (and so rounding) by batch shape.
+    """
+
+    name = "batched"
+
+    def __init__(
+        self,
+        model: GGUFModel,
+        *,
+        slots: int = 16,
+        n_ctx_per_seq: int = 2048,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        flash_attn: bool = True,
+    ):
+        self.model = model
+        self.n_ctx_per_seq = round_up(n_ctx_per_seq)
+        self.n_threads = n_threads or default_threads()
+        self.n_batch = max(n_batch, slots, MIN_PREFILL_ROWS)
+        self.flash_attn = flash_attn
+        self.ctx = None
+        while self.ctx is None:
+            self.ctx = self._new_context(slots)
+            if self.ctx is None:
+                if slots == 1:
+                    raise LiteDeltaError(
+                        f"llama.cpp could not allocate a context of {self.n_ctx_per_seq} tokens for "
+                        f"{model.path.name}: lower max_tokens or the prompt token budget"
+                    )
+                log.warning("KV cache for %d slots does not fit; retrying with %d", slots, slots // 2)
+                slots //= 2
+        self.slots = slots
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.pad_token = model.model.token_bos() if model.model.token_bos() >= 0 else 0
+
+    def _new_context(self, slots: int):
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self.n_ctx_per_seq * slots
+        params.n_batch = self.n_batch
+        params.n_ubatch = min(self.n_batch, 512)
+        params.n_seq_max = slots
+        # One KV stream per slot: a slot owns n_ctx_per_seq cells, so none can starve another
+        # (measured faster here than a unified cache too).
+        params.kv_unified = False
+        params.n_threads = params.n_threads_batch = self.n_threads
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        params.no_perf = True
+        return llama_cpp.llama_init_from_model(self.model.model.model, params)
+
+    def close(self) -> None:
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx is not None:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+
+    def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        b = self.batch
+        i = b.n_tokens
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+        b.n_tokens = i + 1
+        return i
+
+    def _decode(self) -> None:
+        rc = llama_cpp.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    def generate(self, requests: Iterable[Request], params: SamplingParams) -> Iterator[Completion]:
+        """Yield each completion as soon as its sequence finishes (not in request order)."""
+        queue = iter(requests)
+        slots: list[_Slot | None] = [None] * self.slots
+        exhausted = False
+        try:
+            while True:
+                for s in range(self.slots):  # refill free slots: prefill, then the first token
+                    while slots[s] is None and not exhausted:
+                        request = next(queue, None)
+                        if request is None:
+                            exhausted = True
+                            break
+                        slot = self._prefill(s, request, params)
+                        done = self._sample(slot, self.batch.n_tokens - 1)
+                        if done is None:
+                            slots[s] = slot
+                        else:
+                            yield done
+                            self._clear(s, slot)
+                if all(slot is None for slot in slots):
+                    return
+                self.batch.n_tokens = 0
+                for s, slot in enumerate(slots):  # one row per slot, always in slot order
+                    if slot is None:
+                        llama_cpp.llama_memory_seq_rm(self.memory, s, -1, -1)
+                        self._add(self.pad_token, 0, s, True)
+                    else:
+                        self._add(slot.next_token, slot.n_past, s, True)
+                        slot.n_past += 1
+                self._decode()
+                for s, slot in enumerate(slots):
+                    if slot is None:
+                        continue
+                    done = self._sample(slot, s)
+                    if done is not None:
+                        yield done
+                        self._clear(s, slot)
+                        slots[s] = None
+        finally:
+            for s, slot in enumerate(slots):
+                if slot is not None:
+                    self._clear(s, slot)
+
+    def _prefill(self, s: int, request: Request, params: SamplingParams) -> _Slot:
+        prompt = request.tokens
+        room = self.n_ctx_per_seq - len(prompt)
+        if room < 1:
+            raise LiteDeltaError(
+                f"a prompt of {len(prompt)} tokens does not fit the {self.n_ctx_per_seq}-token context"
+            )
+        llama_cpp.llama_memory_seq_rm(self.memory, s, -1, -1)
+        for start, end in prefill_chunks(len(prompt), self.n_batch):
+            self.batch.n_tokens = 0
+            for pos in range(start, end):
+                self._add(prompt[pos], pos, s, pos == len(prompt) - 1)
+            self._decode()
+        decoding = _Decoding(self.model, params, min(params.max_tokens, room))
+        return _Slot(request, _new_sampler(params, request.seed), decoding, n_past=len(prompt))
+
+    def _sample(self, slot: _Slot, row: int) -> Completion | None:
+        token = llama_cpp.llama_sampler_sample(slot.sampler.sampler, self.ctx, row)
+        reason = slot.decoding.push(token)
+        if reason is None:
+            slot.next_token = token
+            return None
+        return slot.decoding.result(slot.request, reason)
+
+    def _clear(self, s: int, slot: _Slot) -> None:
+        llama_cpp.llama_memory_seq_rm(self.memory, s, -1, -1)
+        slot.sampler.close()
+
+
+class SequentialEngine:
+    """The reference: llama_cpp.Llama's high-level API, one prompt at a time."""
+
+    name = "sequential"
+
+    def __init__(
+        self,
+        model: GGUFModel,
+        *,
+        n_ctx_per_seq: int = 2048,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        flash_attn: bool = True,
+    ):
+        self.model = model
+        self.n_ctx_per_seq = round_up(n_ctx_per_seq)
+        threads = n_threads or default_threads()
+        with _llama_model_params(use_extra_bufts=model.extra_buffers):
+            self.llm = llama_cpp.Llama(
+                model_path=str(model.path),
+                n_ctx=self.n_ctx_per_seq,
+                n_batch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=model.n_gpu_layers,
+                flash_attn=flash_attn,
+                verbose=model.verbose,
+            )
+        self.slots = 1
+
+    def generate(self, requests: Iterable[Request], params: SamplingParams) -> Iterator[Completion]:
+        for request in requests:
+            limit = min(params.max_tokens, self.n_ctx_per_seq - len(request.tokens))
+            decoding = _Decoding(self.model, params, limit)
+            self.llm.set_seed(request.seed)
+            reason = "length"
+            for token in self.llm.generate(
+                request.tokens,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                min_p=0.0,
+                typical_p=1.0,
+                temp=params.temperature,
+                repeat_penalty=1.0,
+            ):
+                reason = decoding.push(token)
+                if reason is not None:
+                    break
+            yield decoding.result(request, reason or "length")
+
+    def close(self) -> None:
+        self.llm.close()

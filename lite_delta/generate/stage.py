@@ -1,0 +1,180 @@
+"""The generate stage: one GGUF model answers a prompt set, resumably, into completions.jsonl."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import llama_cpp
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from lite_delta.config import GenerateConfig
+from lite_delta.errors import LiteDeltaError
+from lite_delta.generate.engine import (
+    BatchedEngine,
+    GGUFModel,
+    Request,
+    SamplingParams,
+    SequentialEngine,
+    default_threads,
+    gpu_offload_available,
+    round_up,
+)
+from lite_delta.generate.store import COMPLETIONS_FILE, CompletionStore, completion_key
+from lite_delta.models import model_identity, resolve_model
+from lite_delta.prompts import load_prompts
+
+MANIFEST_FILE = "generation.json"
+
+
+def item_seed(seed: int, prompt_id: str, sample: int) -> int:
+    """A seed per (prompt, sample): the same answer whatever else is in the batch or the run."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF  # 0xFFFFFFFF would mean "random" to llama.cpp
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def progress_bar(console: Console | None = None, disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        disable=disable,
+    )
+
+
+def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
+    """Answer every prompt ``samples_per_prompt`` times; resume from what ``out`` already holds."""
+    g = cfg.generation
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts, prompt_stats = load_prompts(
+        cfg.prompts.source,
+        column=cfg.prompts.column,
+        split=cfg.prompts.split,
+        n=cfg.prompts.n,
+        sample=cfg.prompts.sample,
+        seed=cfg.prompts.seed,
+    )
+    path = resolve_model(cfg.model)
+    model = GGUFModel(path, n_gpu_layers=g.n_gpu_layers, chat_template=cfg.chat_template)
+    identity = model_identity(path)
+    params = SamplingParams(
+        temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_tokens=g.max_tokens, stop=tuple(g.stop)
+    )
+
+    requests: list[Request] = []
+    over_budget = 0
+    longest = 0
+    for prompt in prompts:
+        rendered = model.render(list(prompt.messages), g.system)
+        tokens = model.tokenize_prompt(rendered)
+        if len(tokens) > cfg.prompts.max_prompt_tokens:
+            over_budget += 1
+            continue
+        longest = max(longest, len(tokens))
+        for k in range(g.samples_per_prompt):
+            seed = item_seed(g.seed, prompt.prompt_id, k)
+            key = completion_key(
+                model=identity, template=model.chat_template, prompt=rendered, sampling=asdict(params), seed=seed
+            )
+            requests.append(Request(key, tokens, seed, payload=(prompt, k)))
+
+    store = CompletionStore(out / COMPLETIONS_FILE)
+    wanted = {r.key for r in requests}
+    stale = sum(1 for record in store if record["key"] not in wanted)
+    if stale:
+        store.close()
+        model.close()
+        raise LiteDeltaError(
+            f"{out / COMPLETIONS_FILE} holds {stale} completion(s) made with other settings, prompts or model; "
+            "use a new --out directory, or delete that file to start over"
+        )
+    todo = [r for r in requests if r.key not in store]
+    n_ctx_per_seq = min(round_up(longest + g.max_tokens), round_up(model.n_ctx_train)) if requests else 256
+    threads = g.n_threads or default_threads()
+    manifest = {
+        "stage": "generate",
+        "status": "running",
+        "model": cfg.model,
+        "model_file": str(path),
+        "model_identity": identity,
+        "chat_template": model.chat_template,
+        "system": g.system,
+        "prompts": cfg.prompts.model_dump(),
+        "prompt_stats": {**prompt_stats, "over_budget": over_budget},
+        "generation": g.model_dump(),
+        "requests": len(requests),
+        "already_done": len(requests) - len(todo),
+        "engine": g.engine,
+        "n_ctx_per_seq": n_ctx_per_seq,
+        "n_threads": threads,
+        "gpu_offload": model.n_gpu_layers > 0 and gpu_offload_available(),
+        "llama_cpp_python": llama_cpp.__version__,
+    }
+    write_json(out / MANIFEST_FILE, manifest)
+
+    engine = None
+    new_tokens = 0
+    started = time.perf_counter()
+    try:
+        if todo:
+            if g.engine == "batched":
+                engine = BatchedEngine(model, slots=g.parallel, n_ctx_per_seq=n_ctx_per_seq, n_threads=threads)
+            else:
+                engine = SequentialEngine(model, n_ctx_per_seq=n_ctx_per_seq, n_threads=threads)
+            manifest["slots"] = engine.slots
+        with progress_bar(disable=not progress) as bar:
+            task = bar.add_task(f"generate {path.name}", total=len(requests), completed=len(requests) - len(todo), rate="")
+            for done in (engine.generate(todo, params) if engine else ()):
+                prompt, k = done.request.payload
+                store.append(
+                    {
+                        "key": done.request.key,
+                        "prompt_id": prompt.prompt_id,
+                        "index": prompt.index,
+                        "sample": k,
+                        "messages": list(prompt.messages),
+                        "completion": done.text,
+                        "finish_reason": done.finish_reason,
+                        "prompt_tokens": len(done.request.tokens),
+                        "completion_tokens": len(done.token_ids),
+                        "model": cfg.model,
+                        "seed": done.request.seed,
+                    }
+                )
+                new_tokens += len(done.token_ids)
+                elapsed = time.perf_counter() - started
+                bar.update(task, advance=1, rate=f"{new_tokens / elapsed:,.0f} tok/s")
+    finally:
+        store.close()
+        if engine is not None:
+            engine.close()
+        model.close()
+    seconds = time.perf_counter() - started
+    manifest.update(
+        status="complete",
+        completed=len(store),
+        new_completions=len(todo),
+        seconds=round(seconds, 2),
+        new_tokens=new_tokens,
+        tokens_per_s=round(new_tokens / seconds, 1) if seconds > 0 else None,
+    )
+    write_json(out / MANIFEST_FILE, manifest)
+    return out

@@ -1,0 +1,129 @@
+"""The batched llama.cpp engine against the sequential reference, on real GGUF files."""
+
+from __future__ import annotations
+
+import pytest
+
+from lite_delta.generate.engine import BatchedEngine, GGUFModel, Request, SamplingParams, SequentialEngine
+from lite_delta.prompts import Prompt, load_prompts
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf):
+    model = GGUFModel(smollm2_gguf)
+    yield model
+    model.close()
+
+
+SHORT = ["What is 2 + 2? Reply with the number only.", "Say hello.", "Name one primary colour.", "Is ice cold? Yes or no."]
+
+
+def _requests(model: GGUFModel, n: int, system: str | None = None, texts: list[str] | None = None) -> list[Request]:
+    if texts is not None:
+        prompts = [Prompt(prompt_id=str(i), index=i, messages=({"role": "user", "content": t},)) for i, t in enumerate(texts)]
+    else:
+        prompts, _ = load_prompts("builtin:demo", sample="first", n=n)
+    return [
+        Request(key=p.prompt_id, tokens=model.tokenize_prompt(model.render(list(p.messages), system)), seed=1000 + i)
+        for i, p in enumerate(prompts)
+    ]
+
+
+def _run(engine, requests, params) -> dict[str, list[int]]:
+    out = {c.request.key: c for c in engine.generate(requests, params)}
+    engine.close()
+    assert set(out) == {r.key for r in requests}, "every request answered exactly once"
+    return out
+
+
+def test_batched_matches_sequential_greedy_smollm2(smollm2):
+    requests = _requests(smollm2, 12)
+    params = SamplingParams(temperature=0.0, max_tokens=40)
+    batched = _run(BatchedEngine(smollm2, slots=16, n_ctx_per_seq=512), requests, params)
+    sequential = _run(SequentialEngine(smollm2, n_ctx_per_seq=512), requests, params)
+    same = [r.key for r in requests if batched[r.key].token_ids == sequential[r.key].token_ids]
+    assert len(same) == len(requests), f"{len(requests) - len(same)} of {len(requests)} greedy outputs differ"
+    for r in requests:
+        assert batched[r.key].text == sequential[r.key].text
+        assert batched[r.key].finish_reason == sequential[r.key].finish_reason
+
+
+def test_batched_matches_sequential_sampled_tiny(tiny_gguf):
+    """At temperature > 0 the per-item seed makes both engines draw the same tokens (fixed length)."""
+    model = GGUFModel(tiny_gguf)
+    requests = _requests(model, 10)
+    params = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=24, ignore_eos=True)
+    batched = _run(BatchedEngine(model, slots=4, n_ctx_per_seq=256), requests, params)
+    sequential = _run(SequentialEngine(model, n_ctx_per_seq=256), requests, params)
+    for r in requests:
+        assert len(batched[r.key].token_ids) == 24
+        assert batched[r.key].token_ids == sequential[r.key].token_ids
+    model.close()
+
+
+def test_seed_gives_same_output_whatever_the_batch(smollm2):
+    requests = _requests(smollm2, 8)
+    params = SamplingParams(temperature=1.0, max_tokens=24)
+    a = _run(BatchedEngine(smollm2, slots=8, n_ctx_per_seq=512), requests, params)
+    b = _run(BatchedEngine(smollm2, slots=3, n_ctx_per_seq=512), list(reversed(requests)), params)
+    assert all(a[r.key].token_ids == b[r.key].token_ids for r in requests)
+    reseeded = [Request(r.key, r.tokens, r.seed + 1) for r in requests]
+    c = _run(BatchedEngine(smollm2, slots=8, n_ctx_per_seq=512), reseeded, params)
+    assert sum(a[r.key].token_ids != c[r.key].token_ids for r in requests) >= len(requests) // 2
+
+
+def test_finish_reasons_and_stop_strings(smollm2):
+    requests = _requests(smollm2, 4)
+    short = _run(BatchedEngine(smollm2, slots=4, n_ctx_per_seq=512), requests, SamplingParams(max_tokens=5))
+    assert all(c.finish_reason == "length" and len(c.token_ids) == 5 for c in short.values())
+
+    answers = _run(BatchedEngine(smollm2, slots=4, n_ctx_per_seq=512), _requests(smollm2, 0, texts=SHORT),
+                   SamplingParams(max_tokens=64))
+    assert all(c.finish_reason == "stop" for c in answers.values()), "short answers end with <|im_end|>"
+    assert all("<|im_end|>" not in c.text and 0 < len(c.token_ids) < 64 for c in answers.values())
+
+    long = _run(BatchedEngine(smollm2, slots=4, n_ctx_per_seq=1024), requests, SamplingParams(max_tokens=300))
+
+    # A stop string seen in the free run cuts the text just before it.
+    key, text = next((k, c.text) for k, c in long.items() if len(c.text.split()) > 6)
+    stop = " " + text.split()[5]
+    request = next(r for r in requests if r.key == key)
+    cut = _run(
+        BatchedEngine(smollm2, slots=2, n_ctx_per_seq=1024), [request], SamplingParams(max_tokens=400, stop=(stop,))
+    )[key]
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text
+    assert text.startswith(cut.text)
+
+
+def test_no_doubled_bos(tiny_bos_gguf):
+    model = GGUFModel(tiny_bos_gguf)
+    bos = model.model.token_bos()
+    rendered = model.render([{"role": "user", "content": "hi"}])
+    assert rendered.startswith(model.bos_text), "the template writes BOS itself"
+    tokens = model.tokenize_prompt(rendered)
+    assert tokens[0] == bos and tokens[1] != bos
+    assert tokens.count(bos) == 1
+    # A template without BOS gets it from the tokenizer, since this model asks for one.
+    no_bos_text = rendered[len(model.bos_text) :]
+    assert model.tokenize_prompt(no_bos_text)[0] == bos
+    model.close()
+
+
+def test_system_prompt_is_rendered(smollm2):
+    text = smollm2.render([{"role": "user", "content": "hi"}], system="You answer in French.")
+    assert "You answer in French." in text
+    assert "named SmolLM" not in text, "a given system prompt replaces the template's default one"
+
+
+def test_too_many_slots_falls_back_to_fewer(tiny_gguf):
+    import llama_cpp
+
+    model = GGUFModel(tiny_gguf)
+    limit = llama_cpp.llama_max_parallel_sequences()
+    engine = BatchedEngine(model, slots=limit * 2, n_ctx_per_seq=256)
+    assert 1 <= engine.slots <= limit
+    requests = _requests(model, 3)
+    out = _run(engine, requests, SamplingParams(max_tokens=4, ignore_eos=True))
+    assert len(out) == 3
+    model.close()
