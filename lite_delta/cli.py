@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
+from typer.exceptions import Abort, Exit, TyperException
 
 from lite_delta.errors import LiteDeltaError
 
@@ -144,18 +144,22 @@ def _validated(model_cls, **fields):
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        rc = app(args=argv, standalone_mode=False)  # typer returns exit codes here (130 for Ctrl-C)
+        if rc == 130:
+            raise KeyboardInterrupt
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, Abort):
         console.print("[yellow]interrupted[/yellow]: finished work is saved; rerun the same command to resume")
         sys.exit(130)
     except LiteDeltaError as exc:
         console.print(f"[red]error[/red]: {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except TyperException as exc:  # usage errors, raised by typer's own copy of click
+        exc.show()
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 if __name__ == "__main__":

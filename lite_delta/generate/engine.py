@@ -227,9 +227,24 @@ class _Decoding:
 MIN_PREFILL_ROWS = 8  # no prompt chunk smaller than this: tiny matmuls take other kernels (other rounding)
 
 
-def prefill_chunks(n_tokens: int, n_batch: int) -> list[tuple[int, int]]:
-    """Split a prompt into [start, end) chunks of at most n_batch tokens, the last never tiny."""
-    bounds = list(range(0, n_tokens, n_batch)) + [n_tokens]
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """Length of the prefix all prompts share (chat template header, system prompt), leaving each
+    prompt at least MIN_PREFILL_ROWS of its own; 0 when too short to be worth sharing."""
+    if len(prompts) < 2:
+        return 0
+    first = prompts[0]
+    n = min(len(p) for p in prompts) - MIN_PREFILL_ROWS
+    for p in prompts[1:]:
+        i = 0
+        while i < n and p[i] == first[i]:
+            i += 1
+        n = i
+    return n if n >= MIN_PREFILL_ROWS else 0
+
+
+def prefill_chunks(start: int, n_tokens: int, n_batch: int) -> list[tuple[int, int]]:
+    """Split prompt positions [start, n_tokens) into chunks of at most n_batch, the last never tiny."""
+    bounds = list(range(start, n_tokens, n_batch)) + [n_tokens]
     chunks = [(a, b) for a, b in zip(bounds, bounds[1:])]
     if len(chunks) > 1 and chunks[-1][1] - chunks[-1][0] < MIN_PREFILL_ROWS:
         (a, _), (_, end) = chunks[-2], chunks[-1]
@@ -254,7 +269,9 @@ class BatchedEngine:
     throwaway token), and each prompt is prefilled in its own call. The shape of every llama.cpp
     call then depends only on ``slots`` and the prompt itself, never on which other sequences are
     running, so a seeded answer is the same whatever else shares the batch or whether the run was
-    resumed: llama.cpp picks kernels (and so rounding) by batch shape.
+    resumed: llama.cpp picks kernels (and so rounding) by batch shape. The prefix every prompt
+    shares (template header, system prompt) is prefilled once into a spare KV stream and copied
+    into each slot, as llama.cpp's high-level API reuses a cached prefix.
     """
 
     name = "batched"
@@ -289,13 +306,14 @@ class BatchedEngine:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.pad_token = model.model.token_bos() if model.model.token_bos() >= 0 else 0
+        self.prefix_len = 0
 
     def _new_context(self, slots: int):
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self.n_ctx_per_seq * slots
+        params.n_ctx = self.n_ctx_per_seq * (slots + 1)  # + the shared-prefix stream
         params.n_batch = self.n_batch
         params.n_ubatch = min(self.n_batch, 512)
-        params.n_seq_max = slots
+        params.n_seq_max = slots + 1
         # One KV stream per slot: a slot owns n_ctx_per_seq cells, so none can starve another
         # (measured faster here than a unified cache too).
         params.kv_unified = False
@@ -332,9 +350,13 @@ class BatchedEngine:
 
     def generate(self, requests: Iterable[Request], params: SamplingParams) -> Iterator[Completion]:
         """Yield each completion as soon as its sequence finishes (not in request order)."""
+        requests = list(requests)
         queue = iter(requests)
         slots: list[_Slot | None] = [None] * self.slots
         exhausted = False
+        self.prefix_len = shared_prefix([r.tokens for r in requests])
+        if self.prefix_len:
+            self._prefill_positions(self.slots, requests[0].tokens, 0, self.prefix_len, logits=False)
         try:
             while True:
                 for s in range(self.slots):  # refill free slots: prefill, then the first token
@@ -382,13 +404,18 @@ class BatchedEngine:
                 f"a prompt of {len(prompt)} tokens does not fit the {self.n_ctx_per_seq}-token context"
             )
         llama_cpp.llama_memory_seq_rm(self.memory, s, -1, -1)
-        for start, end in prefill_chunks(len(prompt), self.n_batch):
-            self.batch.n_tokens = 0
-            for pos in range(start, end):
-                self._add(prompt[pos], pos, s, pos == len(prompt) - 1)
-            self._decode()
+        if self.prefix_len:  # a full-stream copy, done by llama.cpp before the next decode
+            llama_cpp.llama_memory_seq_cp(self.memory, self.slots, s, -1, -1)
+        self._prefill_positions(s, prompt, self.prefix_len, len(prompt), logits=True)
         decoding = _Decoding(self.model, params, min(params.max_tokens, room))
         return _Slot(request, _new_sampler(params, request.seed), decoding, n_past=len(prompt))
+
+    def _prefill_positions(self, seq: int, tokens: list[int], start: int, end: int, logits: bool) -> None:
+        for a, b in prefill_chunks(start, end, self.n_batch):
+            self.batch.n_tokens = 0
+            for pos in range(a, b):
+                self._add(tokens[pos], pos, seq, logits and pos == end - 1)
+            self._decode()
 
     def _sample(self, slot: _Slot, row: int) -> Completion | None:
         token = llama_cpp.llama_sampler_sample(slot.sampler.sampler, self.ctx, row)

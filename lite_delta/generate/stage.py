@@ -45,6 +45,14 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _previous_invocations(path: Path) -> list[dict]:
+    """Throughput of earlier (interrupted or finished) runs into the same directory, kept across resumes."""
+    try:
+        return list(json.loads(path.read_text(encoding="utf-8")).get("invocations", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def progress_bar(console: Console | None = None, disable: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -127,6 +135,7 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
         "n_threads": threads,
         "gpu_offload": model.n_gpu_layers > 0 and gpu_offload_available(),
         "llama_cpp_python": llama_cpp.__version__,
+        "invocations": _previous_invocations(out / MANIFEST_FILE),
     }
     write_json(out / MANIFEST_FILE, manifest)
 
@@ -139,7 +148,6 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
                 engine = BatchedEngine(model, slots=g.parallel, n_ctx_per_seq=n_ctx_per_seq, n_threads=threads)
             else:
                 engine = SequentialEngine(model, n_ctx_per_seq=n_ctx_per_seq, n_threads=threads)
-            manifest["slots"] = engine.slots
         with progress_bar(disable=not progress) as bar:
             task = bar.add_task(f"generate {path.name}", total=len(requests), completed=len(requests) - len(todo), rate="")
             for done in (engine.generate(todo, params) if engine else ()):
@@ -168,13 +176,15 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
             engine.close()
         model.close()
     seconds = time.perf_counter() - started
-    manifest.update(
-        status="complete",
-        completed=len(store),
-        new_completions=len(todo),
-        seconds=round(seconds, 2),
-        new_tokens=new_tokens,
-        tokens_per_s=round(new_tokens / seconds, 1) if seconds > 0 else None,
+    manifest.update(status="complete", completed=len(store))
+    manifest["invocations"].append(
+        {
+            "new_completions": len(todo),
+            "new_tokens": new_tokens,
+            "seconds": round(seconds, 2),
+            "tokens_per_s": round(new_tokens / seconds, 1) if todo and seconds > 0 else None,
+            "slots": engine.slots if engine else None,
+        }
     )
     write_json(out / MANIFEST_FILE, manifest)
     return out

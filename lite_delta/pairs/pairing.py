@@ -267,8 +267,14 @@ def _save_dataset(rows: list[dict], path: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     columns = {name: [row[name] for row in rows] for name in features}  # keeps the schema when rows is empty
     dataset = datasets.Dataset.from_dict(columns, features=features)
-    # An empty dataset saved with the default 0 shards cannot be loaded back; one shard can.
-    dataset.save_to_disk(str(tmp), num_shards=1 if not rows else None)
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a sub-second save: its bar only clutters the stage output
+    try:
+        # An empty dataset saved with the default 0 shards cannot be loaded back; one shard can.
+        dataset.save_to_disk(str(tmp), num_shards=1 if not rows else None)
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 

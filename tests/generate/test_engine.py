@@ -127,3 +127,34 @@ def test_too_many_slots_falls_back_to_fewer(tiny_gguf):
     out = _run(engine, requests, SamplingParams(max_tokens=4, ignore_eos=True))
     assert len(out) == 3
     model.close()
+
+
+def test_shared_prefix_and_prefill_chunks():
+    from lite_delta.generate.engine import MIN_PREFILL_ROWS, prefill_chunks, shared_prefix
+
+    header = list(range(100, 130))
+    prompts = [header + [1, 2, 3] * 4, header + [4, 5] * 6, header + [7] * 9]
+    assert shared_prefix(prompts) == 30
+    assert shared_prefix([header + [1] * 9, header + [1] * 9]) == 31, "each prompt keeps 8 tokens of its own"
+    assert shared_prefix([[1, 2, 3] * 5, [9] * 15]) == 0
+    assert shared_prefix([header]) == 0
+    for start, n, cap in [(0, 1100, 512), (0, 513, 512), (30, 542, 512), (0, 7, 512), (5, 1030, 512)]:
+        chunks = prefill_chunks(start, n, cap)
+        assert chunks[0][0] == start and chunks[-1][1] == n
+        assert all(b - a <= cap for a, b in chunks) and all(a == b0 for (_, b0), (a, _) in zip(chunks, chunks[1:]))
+        if len(chunks) > 1:
+            assert chunks[-1][1] - chunks[-1][0] >= MIN_PREFILL_ROWS
+
+
+def test_sampled_answers_do_not_depend_on_the_rest_of_the_queue(smollm2):
+    """A resumed run sees fewer requests (and a longer shared prefix); its answers must not change."""
+    base = _requests(smollm2, 3)
+    samples = [Request(f"{r.key}-{k}", r.tokens, 31 * k + i) for i, r in enumerate(base) for k in range(3)]
+    params = SamplingParams(temperature=0.9, max_tokens=20)
+    full = _run(BatchedEngine(smollm2, slots=4, n_ctx_per_seq=512), samples, params)
+    tail = samples[6:]  # three samples of one prompt: their shared prefix is nearly the whole prompt
+    engine = BatchedEngine(smollm2, slots=4, n_ctx_per_seq=512)
+    resumed = {c.request.key: c for c in engine.generate(tail, params)}
+    assert engine.prefix_len > len(tail[0].tokens) - 10
+    engine.close()
+    assert all(resumed[r.key].token_ids == full[r.key].token_ids for r in tail)

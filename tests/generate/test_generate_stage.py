@@ -78,6 +78,13 @@ def test_sigkill_mid_run_then_rerun_answers_every_prompt_once(tmp_path, tiny_ggu
     assert len(keys) == len(set(keys)) == len(PROMPTS)
     assert sorted(r["index"] for r in records) == list(range(len(PROMPTS)))
 
+    # Sampled (T=0.7) answers of the resumed run equal those of an uninterrupted one.
+    clean = tmp_path / "clean"
+    subprocess.run([*cmd[:cmd.index("--out") + 1], str(clean), *cmd[cmd.index("--out") + 2:]],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    uninterrupted = {r["key"]: r["completion"] for r in read_completions(clean)}
+    assert {r["key"]: r["completion"] for r in records} == uninterrupted
+
 
 def test_torn_last_line_is_cut_on_resume(tmp_path, tiny_gguf, write_prompts):
     prompts = write_prompts(tmp_path / "p.jsonl", PROMPTS[:4])
