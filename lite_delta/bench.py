@@ -55,8 +55,8 @@ def _timed(engine, requests: list[Request], params: SamplingParams) -> tuple[flo
 def bench_generate(
     model_ref: str,
     *,
-    parallel: int = 16,
-    n_prompts: int = 32,
+    parallel: int = 32,
+    n_prompts: int = 64,
     max_tokens: int = 64,
     n_threads: int | None = None,
     out: Path | None = None,

@@ -114,8 +114,8 @@ def pair(
 @bench_app.command("generate")
 def bench_generate(
     model: str = typer.Option(..., help="GGUF model reference"),
-    parallel: int = typer.Option(16, min=1, help="slots of the batched engine"),
-    prompts: int = typer.Option(32, min=1, help="number of prompts (built-in demo set, cycled)"),
+    parallel: int = typer.Option(32, min=1, help="slots of the batched engine"),
+    prompts: int = typer.Option(64, min=1, help="number of prompts (built-in demo set, cycled)"),
     max_tokens: int = typer.Option(64, min=1, help="new tokens per prompt (fixed: end tokens ignored)"),
     out: Optional[Path] = typer.Option(None, help="write the figures as JSON here"),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: all cores)"),
