@@ -111,6 +111,19 @@ def pair(
     console.print(f"[green]done[/green]: {path / 'pairs.jsonl'}")
 
 
+@app.command()
+def doctor(
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where runs are written (for the disk check)"),
+) -> None:
+    """Check this machine: Python, torch/CUDA, GPU, llama.cpp build, bitsandbytes, Unsloth, pins, disk, Hub."""
+    from lite_delta.doctor import doctor as run_doctor
+    from lite_delta.doctor import print_checks
+
+    checks, code = run_doctor(runs_dir)
+    print_checks(checks, Console())
+    raise typer.Exit(code)
+
+
 @bench_app.command("generate")
 def bench_generate(
     model: str = typer.Option(..., help="GGUF model reference"),
