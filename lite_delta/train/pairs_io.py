@@ -1,0 +1,215 @@
+"""Preference pairs for DPO, read from the pair stage or a common file layout and normalized to TRL's format.
+
+Every row comes back as ``{"prompt": [...], "chosen": [...], "rejected": [...]}`` of ``{role, content}``
+messages. Per row, three layouts are accepted:
+1. TRL conversational: ``prompt``, ``chosen`` and ``rejected`` are message lists (the pair stage writes this).
+2. Plain strings: ``prompt``, ``chosen``, ``rejected`` (and optionally ``system``) are strings.
+3. Full conversations (Anthropic HH, UltraFeedback): ``chosen``/``rejected`` hold the prompt too, and
+   ``prompt`` is absent or the first user turn as a string; the prompt is their shared leading messages.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lite_delta.errors import LiteDeltaError
+
+PAIRS_FILE = "pairs.jsonl"
+ROLES = ("system", "user", "assistant", "tool")
+_MESSAGES = "a list of {role, content} messages"
+
+
+def load_pairs(path: str | Path) -> list[dict]:
+    """Rows of a pair-stage dir (its pairs.jsonl) or a .jsonl / .json / .parquet file, checked and normalized."""
+    path = Path(path)
+    source = path / PAIRS_FILE if path.is_dir() else path
+    if not source.is_file():
+        raise LiteDeltaError(
+            f"{source} does not exist: run `lite-delta pair` first, or pass a pairs.jsonl / .json / .parquet file"
+        )
+    suffix = source.suffix.lower()
+    if suffix == ".jsonl":
+        numbered = _read_jsonl(source)
+    elif suffix == ".json":
+        numbered = _read_json(source)
+    elif suffix == ".parquet":
+        numbered = _read_parquet(source)
+    else:
+        raise LiteDeltaError(f"{source} is not a pair-stage dir or a .jsonl, .json or .parquet file; pass one of those")
+    if not numbered:
+        raise LiteDeltaError(f"{source} holds no pairs: rerun `lite-delta pair` or pass a file with rows in it")
+    return [_normalize(row, f"{source} row {number}") for number, row in numbered]
+
+
+def pairs_stats(rows: list[dict]) -> dict:
+    """Counts worth printing before training: DPO on weak pairs easily learns 'longer is better'."""
+
+    def chars(messages: list[dict]) -> int:
+        return sum(len(m["content"]) for m in messages)
+
+    chosen = [chars(row["chosen"]) for row in rows]
+    rejected = [chars(row["rejected"]) for row in rows]
+    return {
+        "rows": len(rows),
+        "chosen_chars_mean": sum(chosen) / len(rows) if rows else None,
+        "rejected_chars_mean": sum(rejected) / len(rows) if rows else None,
+        "chosen_longer": sum(c > r for c, r in zip(chosen, rejected)),
+    }
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def _read_jsonl(source: Path) -> list[tuple[int, object]]:
+    """(line number, value) per non-blank line; the line number is the row number in errors."""
+    numbered = []
+    with open(source, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise LiteDeltaError(f"{source} row {number} is not valid UTF-8; re-save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                numbered.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                message = f"{source} row {number} is not valid JSON ({exc.msg}); fix or remove that line"
+                raise LiteDeltaError(message) from None
+    return numbered
+
+
+def _read_json(source: Path) -> list[tuple[int, object]]:
+    try:
+        value = json.loads(source.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise LiteDeltaError(f"{source} is not valid UTF-8; re-save the file as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise LiteDeltaError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it") from None
+    if not isinstance(value, list):
+        raise LiteDeltaError(f"{source} must hold a JSON list of pair objects; wrap the rows in [ ... ]")
+    return list(enumerate(value, 1))
+
+
+def _read_parquet(source: Path) -> list[tuple[int, object]]:
+    import datasets  # heavy import, only needed here
+
+    try:
+        dataset = datasets.load_dataset("parquet", data_files=str(source), split="train")
+    except Exception as exc:  # pyarrow and datasets raise many types for a bad file
+        raise LiteDeltaError(f"{source} could not be read as parquet ({exc}); check it or export it as .jsonl") from exc
+    return list(enumerate(dataset.to_list(), 1))
+
+
+# --- normalizing -----------------------------------------------------------------------------------
+
+
+def _normalize(row: object, where: str) -> dict:
+    """One row in any accepted layout as {prompt, chosen, rejected} message lists, or an error naming the field."""
+    if not isinstance(row, dict):
+        raise LiteDeltaError(f"{where} must be an object with `chosen` and `rejected`; got {type(row).__name__}")
+    for field in ("chosen", "rejected"):
+        if row.get(field) is None:
+            raise LiteDeltaError(f"{where}: field `{field}` is missing; every pair needs `chosen` and `rejected`")
+    prompt = row.get("prompt")
+    if isinstance(row["chosen"], str) != isinstance(row["rejected"], str):
+        raise LiteDeltaError(f"{where}: fields `chosen` and `rejected` must both be strings or both be {_MESSAGES}")
+    if isinstance(row["chosen"], str):
+        if prompt is None:
+            raise LiteDeltaError(f"{where}: field `prompt` is missing; plain-string pairs need a `prompt` string")
+        if not isinstance(prompt, str):
+            raise LiteDeltaError(f"{where}: field `prompt` must be a string when `chosen` and `rejected` are strings")
+        prompt = [{"role": "user", "content": prompt}]
+        chosen = [{"role": "assistant", "content": row["chosen"]}]
+        rejected = [{"role": "assistant", "content": row["rejected"]}]
+    else:
+        chosen, rejected = _answer(row, "chosen", where), _answer(row, "rejected", where)
+        if isinstance(prompt, list):
+            prompt = _messages(prompt, "prompt", where)
+        elif prompt is not None and not isinstance(prompt, str):
+            raise LiteDeltaError(f"{where}: field `prompt` must be a string or {_MESSAGES}")
+        elif prompt is not None and not any(m["role"] == "user" for m in chosen + rejected):
+            prompt = [{"role": "user", "content": prompt}]  # string prompt, answers as message lists
+        else:
+            prompt, chosen, rejected = _split(chosen, rejected, prompt, where)
+    prompt = _with_system(prompt, row.get("system"), where)
+    if not any(m["role"] == "user" for m in prompt):
+        raise LiteDeltaError(f"{where}: field `prompt` has no user message; add the user's question to it")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _messages(value: object, field: str, where: str) -> list[dict]:
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        raise LiteDeltaError(f"{where}: field `{field}` must be a string or {_MESSAGES}")
+    messages = []
+    for number, message in enumerate(value, 1):
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or role not in ROLES:
+            raise LiteDeltaError(
+                f"{where}: field `{field}` message {number} has role {role!r}; use one of {', '.join(ROLES)}"
+            )
+        if not isinstance(content, str):
+            raise LiteDeltaError(
+                f"{where}: field `{field}` message {number} needs a string `content`, not {content!r:.40}"
+            )
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _answer(row: dict, field: str, where: str) -> list[dict]:
+    """A chosen/rejected message list: non-empty and ending with the assistant's answer."""
+    messages = _messages(row[field], field, where)
+    if not messages:
+        raise LiteDeltaError(f"{where}: field `{field}` is an empty list; it needs at least one assistant message")
+    if messages[-1]["role"] != "assistant":
+        raise LiteDeltaError(
+            f"{where}: field `{field}` must end with an assistant message, not {messages[-1]['role']!r}; "
+            "drop the trailing turns or the row"
+        )
+    return messages
+
+
+def _split(chosen: list[dict], rejected: list[dict], prompt_text: str | None, where: str) -> tuple:
+    """Full conversations: the shared messages before the final assistant turn(s) are the prompt."""
+
+    def answer_start(messages: list[dict]) -> int:  # where the trailing run of assistant messages begins
+        start = len(messages)
+        while start > 0 and messages[start - 1]["role"] == "assistant":
+            start -= 1
+        return start
+
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    cut = min(shared, answer_start(chosen), answer_start(rejected))
+    if cut == 0:
+        raise LiteDeltaError(
+            f"{where}: fields `chosen` and `rejected` share no leading messages, so the prompt cannot be found; "
+            "add a `prompt` field"
+        )
+    prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
+    if any(m["role"] == "user" for m in chosen + rejected):
+        raise LiteDeltaError(
+            f"{where}: fields `chosen` and `rejected` differ before their last user turn; "
+            "only the final assistant answer may differ, so split the row or add a `prompt` field"
+        )
+    first_user = next((m["content"] for m in prompt if m["role"] == "user"), None)
+    if prompt_text is not None and first_user is not None and prompt_text.strip() != first_user.strip():
+        raise LiteDeltaError(
+            f"{where}: field `prompt` does not match the first user turn of `chosen`; fix it or drop `prompt`"
+        )
+    return prompt, chosen, rejected
+
+
+def _with_system(prompt: list[dict], system: object, where: str) -> list[dict]:
+    """Prepend a `system` column's text, unless the prompt already starts with that same system message."""
+    if system is None or system == "":
+        return prompt
+    if not isinstance(system, str):
+        raise LiteDeltaError(f"{where}: field `system` must be a string")
+    if prompt and prompt[0]["role"] == "system":
+        if prompt[0]["content"] != system:
+            raise LiteDeltaError(f"{where}: field `system` differs from the prompt's system message; keep only one")
+        return prompt
+    return [{"role": "system", "content": system}, *prompt]
