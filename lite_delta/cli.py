@@ -112,6 +112,33 @@ def pair(
 
 
 @app.command()
+def train(
+    pairs: Optional[Path] = typer.Option(None, help="pair-stage output folder or pairs.jsonl"),
+    student: Optional[str] = typer.Option(None, help="Hub id, model folder, or GGUF reference"),
+    out: Optional[Path] = typer.Option(None, help="output folder: adapter/, train_log.jsonl, checkpoints/"),
+    backend: Optional[str] = typer.Option(None, help="auto | unsloth | peft"),
+    loss: Optional[str] = typer.Option(None, help="DPO loss (default sigmoid_norm)"),
+    max_steps: Optional[int] = typer.Option(None, help="stop after N optimizer steps"),
+    lr: Optional[float] = typer.Option(None, help="learning rate"),
+    beta: Optional[float] = typer.Option(None, help="DPO beta (default 5)"),
+    config: Optional[Path] = typer.Option(None, help="YAML of training fields (CLI options override it)"),
+    resume: bool = typer.Option(False, help="continue from the last checkpoint in OUT"),
+) -> None:
+    """DPO the student on preference pairs with LoRA (PEFT backend; 4-bit on a CUDA GPU)."""
+    from lite_delta.config import TrainConfig, load_train_config
+    from lite_delta.train.stage import train as run_train
+
+    overrides = dict(pairs=pairs, student=student, out=out, backend=backend, loss=loss, max_steps=max_steps,
+                     learning_rate=lr, beta=beta)
+    if config is not None:
+        cfg = load_train_config(config, **overrides)
+    else:
+        cfg = _validated(TrainConfig, **{k: v for k, v in overrides.items() if v is not None})
+    path = run_train(cfg, resume=resume)
+    console.print(f"[green]done[/green]: {path / 'adapter'}")
+
+
+@app.command()
 def doctor(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where runs are written (for the disk check)"),
 ) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lite_delta.errors import LiteDeltaError
 
@@ -112,3 +112,62 @@ class GenerateConfig(Strict):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     out: Path
     chat_template: str | None = None
+
+
+# TRL 1.15 DPOTrainer's loss names; a wrong one would only fail at the first step, so we check up front.
+DPO_LOSSES = (
+    "sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft",
+)
+
+
+class TrainConfig(Strict):
+    """One DPO run of the student on preference pairs (defaults: the paper's loss and beta, LoRA-sized lr)."""
+
+    student: str = Field(description="Hub id, local model folder, or a GGUF reference (converted once)")
+    pairs: Path = Field(description="pair-stage output folder or a pairs file (.jsonl/.json/.parquet)")
+    out: Path
+    backend: Literal["auto", "unsloth", "peft"] = "auto"
+    loss: str = Field("sigmoid_norm", description="length-normalized DPO, as the paper and Tulu 3")
+    beta: float = Field(5.0, gt=0, description="paper: 5")
+    learning_rate: float = Field(2e-5, gt=0, description="LoRA needs far more than full fine-tuning's 5e-8: sweep it")
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after N optimizer steps (overrides epochs)")
+    batch_size: int = Field(1, gt=0, description="pairs per device per step")
+    grad_accum: int = Field(8, gt=0)
+    max_length: int = Field(2048, gt=0, description="prompt + answer tokens")
+    max_prompt_length: int | None = Field(None, gt=0, description="longer prompts are dropped; max_length/2 if unset")
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_targets: str | list[str] = "all-linear"
+    seed: int = 0
+    save_steps: int = Field(50, gt=0, description="checkpoint every N steps (resume with --resume)")
+    precompute_ref_log_probs: bool = False
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, loss: str) -> str:
+        if loss not in DPO_LOSSES:
+            raise ValueError(f"must be one of {', '.join(DPO_LOSSES)} (got {loss!r})")
+        return loss
+
+
+def load_train_config(path: str | Path, **overrides) -> TrainConfig:
+    """A YAML file of TrainConfig fields (top level or under `train:`), with CLI overrides on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise LiteDeltaError(f"config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise LiteDeltaError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise LiteDeltaError(f"{path}: a training config is a YAML mapping of fields")
+    data = dict(data.get("train", data))
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise LiteDeltaError(format_validation_error(exc, str(path))) from None

@@ -1,0 +1,110 @@
+"""`lite-delta train` on the CPU with the real TRL/PEFT stack: learning, adapter, resume, config errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from lite_delta.cli import main
+from lite_delta.config import TrainConfig
+from lite_delta.train.stage import train
+
+ROWS = [
+    {"prompt": [{"role": "user", "content": f"List some {thing}."}],
+     "chosen": [{"role": "assistant", "content": f"- one {thing}\n- two {thing}\n- three {thing}"}],
+     "rejected": [{"role": "assistant", "content": f"Some {thing}."}]}
+    for thing in ("fruits", "birds", "tools", "colours", "rivers", "games", "trees", "songs")
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_gguf):
+    from lite_delta.train.student import prepare_student
+
+    folder = tmp_path_factory.mktemp("train")
+    pairs = folder / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return prepare_student(str(tiny_gguf), folder / "students"), pairs
+
+
+def _cfg(setup, out, **kw) -> TrainConfig:
+    student, pairs = setup
+    base = dict(student=student, pairs=pairs, out=out, batch_size=2, grad_accum=1, learning_rate=5e-3, beta=0.5,
+                max_length=128, lora_r=8, lora_alpha=16, save_steps=100, warmup_ratio=0.0, lr_scheduler="constant")
+    return TrainConfig(**{**base, **kw})
+
+
+def _mean_logprob(model, tokenizer, row) -> float:
+    prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    answer = tokenizer.encode(row["content"], add_special_tokens=False)
+    ids = torch.tensor([prompt + answer])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+    targets = ids[0, 1:]
+    return logp[len(prompt) - 1:].gather(-1, targets[len(prompt) - 1:, None]).mean().item()
+
+
+def test_dpo_learns_the_pairs_and_the_adapter_reloads(setup, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = train(_cfg(setup, tmp_path / "run", max_steps=8))
+    steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 9))
+    assert steps[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert steps[-1]["rewards/margins"] > steps[0]["rewards/margins"] + 0.05, "the reward margin rises"
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "adapter" / "README.md").is_file()
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["steps"] == 8 and summary["pairs"]["rows"] == len(ROWS)
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "adapter")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(setup[0]), out / "adapter")
+    chosen_reward, rejected_reward, changed = [], [], 0
+    for row in ROWS:
+        for side, rewards in (("chosen", chosen_reward), ("rejected", rejected_reward)):
+            item = {"prompt": row["prompt"], "content": row[side][0]["content"]}
+            policy = _mean_logprob(model, tokenizer, item)
+            with model.disable_adapter():
+                reference = _mean_logprob(model, tokenizer, item)
+            changed += abs(policy - reference) > 1e-4
+            rewards.append(policy - reference)
+    assert changed == 2 * len(ROWS), "the reloaded adapter changes the model's log-probs"
+    assert sum(chosen_reward) / len(ROWS) > sum(rejected_reward) / len(ROWS), "chosen beats rejected in implicit reward"
+
+
+def test_resume_from_a_checkpoint_gives_the_same_next_steps(setup, tmp_path):
+    full = train(_cfg(setup, tmp_path / "full", max_steps=4, save_steps=2))
+    crashed = tmp_path / "crashed"
+    (crashed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "checkpoint-2", crashed / "checkpoints" / "checkpoint-2")
+    resumed = train(_cfg(setup, crashed, max_steps=4, save_steps=2), resume=True)
+    a = {s["step"]: s for s in map(json.loads, (full / "train_log.jsonl").read_text().splitlines())}
+    b = {s["step"]: s for s in map(json.loads, (resumed / "train_log.jsonl").read_text().splitlines())}
+    assert sorted(b) == [3, 4]
+    for step in (3, 4):
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], abs=1e-6)
+        assert b[step]["rewards/margins"] == pytest.approx(a[step]["rewards/margins"], abs=1e-5)
+
+
+def test_bad_training_config_exits_2_naming_the_field(setup, tmp_path, capsys):
+    student, pairs = setup
+    base = ["train", "--pairs", str(pairs), "--student", student, "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--loss", "bogus"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "field `loss`" in err and "sigmoid_norm" in err and "Traceback" not in err
+
+    config = tmp_path / "train.yaml"
+    config.write_text("train:\n  beta: -1\n  lora_r: 8\n")
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--config", str(config)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "field `beta`" in err and "train.yaml" in err
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--pairs", str(tmp_path / "none.jsonl"), "--student", student, "--out", str(tmp_path / "p")])
+    assert info.value.code == 2 and "none.jsonl" in capsys.readouterr().err
