@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from lite_delta.config import GenerateConfig, Recipe, load_recipe
-from lite_delta.generate.stage import write_json
+from lite_delta.files import write_json
 
 console = Console(stderr=True)
 

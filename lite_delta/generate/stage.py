@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lite_delta.config import GenerateConfig
 from lite_delta.errors import LiteDeltaError
+from lite_delta.files import write_json
 from lite_delta.generate.engine import (
     BatchedEngine,
     GGUFModel,
@@ -36,13 +36,6 @@ def item_seed(seed: int, prompt_id: str, sample: int) -> int:
     """A seed per (prompt, sample): the same answer whatever else is in the batch or the run."""
     digest = hashlib.sha256(f"{seed}:{prompt_id}:{sample}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF  # 0xFFFFFFFF would mean "random" to llama.cpp
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _previous_invocations(path: Path) -> list[dict]:

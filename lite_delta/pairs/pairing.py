@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lite_delta.errors import LiteDeltaError
+from lite_delta.files import write_text
 from lite_delta.generate.store import read_completions
 from lite_delta.pairs.scorers import SCORERS, Scorer, get_scorer
 
@@ -88,10 +89,10 @@ def make_pairs(cfg: PairConfig) -> Path:
     rows = [_row(c, r, scorer) for c, r in pairs]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / PAIRS_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_text(out / PAIRS_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     _save_dataset(rows, out / DATASET_DIR)
     stats = _stats(cfg, inputs, pairs, rows, candidates, filters)
-    _write_atomic(out / STATS_FILE, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    write_text(out / STATS_FILE, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     if "warning" in stats:
         log.warning(stats["warning"])
     return out
@@ -235,15 +236,6 @@ def _row(chosen: dict, rejected: dict, scorer: Scorer) -> dict:
         "chosen_score": scorer(chosen["completion"]),
         "rejected_score": scorer(rejected["completion"]),
     }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _save_dataset(rows: list[dict], path: Path) -> None:

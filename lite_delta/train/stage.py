@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lite_delta.config import TrainConfig
 from lite_delta.errors import LiteDeltaError
-from lite_delta.generate.stage import write_json
+from lite_delta.files import write_json
 from lite_delta.train.pairs_io import load_pairs, pairs_stats
 from lite_delta.train.student import prepare_student
 
