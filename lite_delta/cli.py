@@ -123,19 +123,42 @@ def train(
     beta: Optional[float] = typer.Option(None, help="DPO beta (default 5)"),
     config: Optional[Path] = typer.Option(None, help="YAML of training fields (CLI options override it)"),
     resume: bool = typer.Option(False, help="continue from the last checkpoint in OUT"),
+    merge: Optional[bool] = typer.Option(None, "--merge", help="also save a 16-bit model with the adapter merged in"),
 ) -> None:
-    """DPO the student on preference pairs with LoRA (PEFT backend; 4-bit on a CUDA GPU)."""
+    """DPO the student on preference pairs with LoRA (Unsloth 4-bit on a CUDA GPU, PEFT otherwise)."""
     from lite_delta.config import TrainConfig, load_train_config
     from lite_delta.train.stage import train as run_train
 
     overrides = dict(pairs=pairs, student=student, out=out, backend=backend, loss=loss, max_steps=max_steps,
-                     learning_rate=lr, beta=beta)
+                     learning_rate=lr, beta=beta, merge=merge)
     if config is not None:
         cfg = load_train_config(config, **overrides)
     else:
         cfg = _validated(TrainConfig, **{k: v for k, v in overrides.items() if v is not None})
     path = run_train(cfg, resume=resume)
     console.print(f"[green]done[/green]: {path / 'adapter'}")
+
+
+@app.command()
+def plan(
+    student: str = typer.Option(..., help="Hub id, folder with config.json, or GGUF reference (no weights read)"),
+    gpu_mem: list[float] = typer.Option([], "--gpu-mem", help="GPU memory in GB (repeatable; default: 12, 16, 24)"),
+    max_length: int = typer.Option(2048, min=16, help="longest prompt + answer to plan for"),
+    global_batch: int = typer.Option(8, min=1, help="pairs per optimizer step (batch x gradient accumulation)"),
+    lora_r: int = typer.Option(16, min=1, help="LoRA rank"),
+    json_out: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+) -> None:
+    """Estimate peak VRAM of a QLoRA DPO step from the model's config and print settings that fit."""
+    import json
+
+    from lite_delta.train.plan import PRESETS_GB, plan as make_plan, print_plan
+
+    result = make_plan(student, list(gpu_mem) or list(PRESETS_GB), max_length=max_length,
+                       global_batch=global_batch, lora_r=lora_r)
+    if json_out:
+        print(json.dumps(result, indent=2))
+    else:
+        print_plan(result, Console())
 
 
 @app.command()

@@ -138,13 +138,22 @@ class TrainConfig(Strict):
     batch_size: int = Field(1, gt=0, description="pairs per device per step")
     grad_accum: int = Field(8, gt=0)
     max_length: int = Field(2048, gt=0, description="prompt + answer tokens")
-    max_prompt_length: int | None = Field(None, gt=0, description="longer prompts are dropped; max_length/2 if unset")
+    max_prompt_length: int | None = Field(
+        None, gt=0, description="longer prompts are cut (earliest turns, then the start of the last); max_length/2 if unset"
+    )
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     lora_targets: str | list[str] = "all-linear"
     seed: int = 0
     save_steps: int = Field(50, gt=0, description="checkpoint every N steps (resume with --resume)")
     precompute_ref_log_probs: bool = False
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the GPU has it, fp16 otherwise (T4), fp32 on the CPU"
+    )
+    chat_template: str | None = Field(
+        None, description="Jinja chat template (or a .jinja file) for a student whose tokenizer has none"
+    )
+    merge: bool = Field(False, description="also save the adapter merged into a 16-bit copy of the student")
 
     @field_validator("loss")
     @classmethod

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lite_delta.precision import resolve_precision
+
 Status = Literal["ok", "warning", "problem"]
 
 # Pins that must match for the training stack to resolve with Unsloth (see pyproject.toml).
@@ -157,9 +159,8 @@ def judge(f: Facts) -> list[Check]:
 
 def precision_for(capability: tuple[int, int] | None) -> str:
     """bf16 from Ampere (compute 8.0) on; fp16 before (a T4 is 7.5); fp32 on the CPU."""
-    if capability is None:
-        return "fp32 (CPU)"
-    return "bf16" if capability >= (8, 0) else "fp16 (no bf16 on this card)"
+    choice = resolve_precision("auto", capability)
+    return {"fp32": "fp32 (CPU)", "fp16": "fp16 (no bf16 on this card)"}.get(choice, choice)
 
 
 def _llama_check(f: Facts, gpu: bool) -> Check:

@@ -24,6 +24,14 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_student(tmp_path_factory, smollm2_gguf) -> str:
+    """The demo GGUF converted once into a transformers folder (the student's tokenizer and template)."""
+    from lite_delta.train.student import prepare_student
+
+    return prepare_student(str(smollm2_gguf), tmp_path_factory.mktemp("smollm2_student"))
+
+
+@pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory, smollm2_gguf) -> Path:
     """A 2-layer Llama with random weights, SmolLM2's tokenizer and chat template, quantized to Q8_0."""
     from lite_delta.random_gguf import quantize, write_random_gguf

@@ -1,6 +1,7 @@
 """Stage 3: DPO of the student on the weak pairs (QLoRA with Unsloth on a GPU, PEFT LoRA on the CPU).
 
-Built so far: reading preference pairs in the common formats (`pairs_io`), GGUF students converted
-once to trainable safetensors (`student`), and a PyTorch stand-in that lets TRL's DPOTrainer run
-on a CPU (`trl_cpu`). The `train(cfg)` stage function and `lite-delta train` come next.
+`stage.train(cfg)` is the stage; `backends` loads the LoRA-wrapped student (unsloth | peft),
+`sequences` owns the chat template and token budgets, `callbacks` the step log and progress bar,
+`health` the plain-language warnings, `plan` the VRAM estimate, `student` GGUF conversion,
+`pairs_io` the pair formats and `trl_cpu` the CPU stand-in for TRL's Triton log-prob kernel.
 """

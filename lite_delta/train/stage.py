@@ -1,84 +1,40 @@
-"""The train stage: LoRA DPO of the student on the weak pairs, with checkpoints, resume and a step log."""
+"""The train stage: LoRA DPO of the student on the weak pairs, with checkpoints, resume and a step log.
+
+Order of work: resolve the backend (Unsloth is imported before trl/peft), the precision for this
+device, the student (a GGUF is converted once) and its chat template; check BOS/EOS of the training
+sequences and fit prompts to their budget before any weights load, so a bad input fails in seconds;
+save one rendered pair; then train, with checkpoints, a step log, health warnings and a progress bar.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
+from rich.console import Console
+
 from lite_delta.config import TrainConfig
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import write_json
+from lite_delta.files import write_json, write_text
+from lite_delta.precision import device_capability, resolve_precision
+from lite_delta.train.backends import import_unsloth, load_peft, load_unsloth, resolve_backend
 from lite_delta.train.pairs_io import load_pairs, pairs_stats
+from lite_delta.train.sequences import (
+    check_sequences,
+    end_token_ids,
+    fit_prompts,
+    rendered_pair,
+    template_for,
+    template_sha,
+)
 from lite_delta.train.student import prepare_student
 
 log = logging.getLogger(__name__)
 
 STEP_LOG = "train_log.jsonl"
-KEEP = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "learning_rate")
-
-
-def resolve_backend(requested: str, cuda: bool) -> str:
-    if requested == "unsloth":
-        raise LiteDeltaError("the unsloth backend is not built yet: use --backend peft (or auto)")
-    return "peft"
-
-
-def drop_long_prompts(rows: list[dict], tokenizer, max_prompt_tokens: int) -> tuple[list[dict], int]:
-    """TRL 1.x has no max_prompt_length: prompts longer than the budget are dropped here, and counted."""
-    kept = []
-    for row in rows:
-        ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
-        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-        if len(ids) <= max_prompt_tokens:
-            kept.append(row)
-    return kept, len(rows) - len(kept)
-
-
-def _step_log_callback(path: Path):
-    from transformers import TrainerCallback
-
-    class StepLog(TrainerCallback):
-        """One JSON line per logged step; on resume, lines past the checkpoint are dropped first."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-            kept = [line for line in lines if json.loads(line)["step"] <= state.global_step]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            self.started = time.perf_counter()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs:
-                return
-            import torch
-
-            record = {"step": state.global_step, **{k: logs[k] for k in KEEP if k in logs}}
-            record["seconds"] = round(time.perf_counter() - self.started, 2)
-            if torch.cuda.is_available():
-                record["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-    return StepLog()
-
-
-def _load_model(student: str, cuda: bool):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if not cuda:
-        return AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
-    from transformers import BitsAndBytesConfig
-
-    bf16 = torch.cuda.is_bf16_supported()
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float16,
-    )
-    return AutoModelForCausalLM.from_pretrained(student, quantization_config=quant, device_map={"": 0})
+RENDERED_PAIR = "rendered_pair.txt"
+console = Console(stderr=True)
 
 
 def last_checkpoint(folder: Path) -> str | None:
@@ -87,41 +43,57 @@ def last_checkpoint(folder: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a LoRA adapter with DPO; returns the output folder (adapter/, train_log.jsonl, train.json)."""
     import torch
 
+    cuda = torch.cuda.is_available()
+    backend = resolve_backend(cfg.backend, cuda)
+    if backend == "unsloth":
+        import_unsloth()  # before anything imports trl, peft or transformers
     out = Path(cfg.out)
     checkpoints = out / "checkpoints"
     if not resume and last_checkpoint(checkpoints):
         raise LiteDeltaError(f"{out} already has checkpoints: pass --resume to continue, or use a new --out")
     rows = load_pairs(cfg.pairs)
-    cuda = torch.cuda.is_available()
-    backend = resolve_backend(cfg.backend, cuda)
+    capability, device = device_capability()
+    precision = resolve_precision(cfg.precision, capability, device)
     out.mkdir(parents=True, exist_ok=True)
     student = prepare_student(cfg.student, out / "student")
 
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
+    from lite_delta.train.callbacks import ProgressBar, StepLog  # imports transformers: after Unsloth
+
     tokenizer = AutoTokenizer.from_pretrained(student)
-    if not tokenizer.chat_template:
-        raise LiteDeltaError(f"student {cfg.student} has no chat template: train from an instruct/SFT model")
+    template, template_source = template_for(tokenizer, cfg.chat_template, cfg.student)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    max_prompt = cfg.max_prompt_length or cfg.max_length // 2
-    rows, dropped = drop_long_prompts(rows, tokenizer, max_prompt)
+    check_sequences(tokenizer, rows, end_token_ids(tokenizer, student))
+    budget = cfg.max_prompt_length or cfg.max_length // 2
+    rows, truncated, dropped = fit_prompts(rows, tokenizer, budget)
     if not rows:
-        raise LiteDeltaError(f"every prompt in {cfg.pairs} is longer than {max_prompt} tokens: raise max_prompt_length")
+        raise LiteDeltaError(f"no prompt in {cfg.pairs} fits in {budget} tokens: raise max_prompt_length")
+    pair_text = rendered_pair(tokenizer, rows[0])
+    write_text(out / RENDERED_PAIR, pair_text)
+    if progress:
+        console.print(f"[bold]One training pair as the student sees it[/bold] (also in {out / RENDERED_PAIR}):")
+        console.print(pair_text[:3000], markup=False, highlight=False)
+
+    if backend == "unsloth":
+        model, unsloth_tokenizer, lora = load_unsloth(student, cfg, precision)
+        unsloth_tokenizer.chat_template, unsloth_tokenizer.pad_token = template, tokenizer.pad_token
+        tokenizer = unsloth_tokenizer
+        if not cuda:  # Unsloth's CPU mode picks its own dtype (bf16 where the CPU has it)
+            precision = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(model.dtype), "fp32")
+    else:
+        model, lora = load_peft(student, cfg, precision, cuda)
     if not cuda:
         from lite_delta.train.trl_cpu import use_torch_logprob_without_gpu
 
         use_torch_logprob_without_gpu()
-    precision = {}
-    if cuda:
-        precision = {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
     args = DPOConfig(
         output_dir=str(checkpoints),
         per_device_train_batch_size=cfg.batch_size,
@@ -135,6 +107,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         loss_type=cfg.loss,
         max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        gradient_checkpointing=cuda and backend == "peft",  # Unsloth sets its own
         logging_steps=1,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -142,44 +115,96 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=[],
+        disable_tqdm=True,
         use_cpu=not cuda,
         adam_beta2=0.95,  # the paper's AdamW betas (0.9, 0.95)
-        **precision,
+        bf16=cuda and precision == "bf16",
+        fp16=cuda and precision == "fp16",
     )
-    lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, bias="none",
-        target_modules=cfg.lora_targets, task_type="CAUSAL_LM",
-    )
+    step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss)
+    callbacks = [step_log] + ([ProgressBar(step_log, console)] if progress else [])
     # With a PEFT model and no ref_model, TRL's reference is the student with the adapter disabled.
-    trainer = DPOTrainer(
-        model=_load_model(student, cuda),
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=[_step_log_callback(out / STEP_LOG)],
-    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=lora, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # the step log and the progress bar say it once, readably
     resume_from = last_checkpoint(checkpoints) if resume else None
     if resume and resume_from is None:
         log.warning("no checkpoint in %s: starting from the beginning", checkpoints)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except torch.OutOfMemoryError:
+        raise LiteDeltaError(oom_message(cfg, student, trainer.state.global_step)) from None
     adapter = out / "adapter"
     trainer.save_model(str(adapter))
     tokenizer.save_pretrained(str(adapter))
+    records = step_log.records
+    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     summary = {
         "student": cfg.student,
         "student_path": student,
         "backend": backend,
+        "device": device,
+        "precision": precision,
+        "chat_template": {"source": template_source, "sha256": template_sha(template)},
         "config": cfg.model_dump(mode="json"),
-        "pairs": {**pairs_stats(rows), "dropped_long_prompts": dropped},
+        "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,
+                  "prompt_budget_tokens": budget},
         "steps": trainer.state.global_step,
         "resumed_from": resume_from,
         "seconds": round(time.perf_counter() - started, 1),
-        "last_log": next((h for h in reversed(trainer.state.log_history) if "loss" in h), None),
+        "tokens_per_s_mean": round(sum(rates) / len(rates), 1) if rates else None,
+        "peak_gpu_gb": max((r.get("peak_gpu_gb", 0) for r in records), default=None) if cuda else None,
+        "health_warnings": [vars(w) for w in step_log.warnings],
+        "last_log": records[-1] if records else None,
     }
-    write_json(out / "train.json", summary)
     _write_run_card(adapter, summary)
+    if cfg.merge:
+        summary["merged"] = str(merge_adapter(student, adapter, out / "merged", precision))
+    write_json(out / "train.json", summary)
+    return out
+
+
+def oom_message(cfg: TrainConfig, student: str, step: int) -> str:
+    """What to lower, in order, with the planner's figure for these settings and the card's size."""
+    import torch
+
+    from lite_delta.train.plan import estimate, load_shapes
+
+    total = torch.cuda.get_device_properties(0).total_memory / 1024**3 if torch.cuda.is_available() else None
+    card = f" of the card's {total:.1f} GiB" if total else ""
+    try:
+        need = estimate(load_shapes(student), batch_size=cfg.batch_size, max_length=cfg.max_length,
+                        lora_r=cfg.lora_r).total_gib
+        planned = f"; the planner estimates {need:.1f} GiB{card} for these settings"
+    except LiteDeltaError:
+        planned = ""
+    return (
+        f"CUDA ran out of memory at step {step} (batch_size {cfg.batch_size}, max_length {cfg.max_length}, "
+        f"lora_r {cfg.lora_r}){planned}. Lower batch_size first (raise grad_accum to keep the global batch), "
+        f"then max_length, then lora_r; `lite-delta plan --student {cfg.student} --gpu-mem GB` prints settings "
+        "that fit. Checkpoints are kept: rerun with --resume."
+    )
+
+
+def merge_adapter(student: str, adapter: Path, out: Path, precision: str) -> Path:
+    """The adapter folded into a 16-bit copy of the base, reloaded unquantized (merging into 4-bit
+    weights would round the update away), saved as safetensors with the tokenizer."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    base = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().to(dtype)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
     return out
 
 
@@ -201,7 +226,10 @@ def _write_run_card(adapter: Path, summary: dict) -> None:
         "|---|---|",
         *(f"| {k} | {cfg[k]} |" for k in ("loss", "beta", "learning_rate", "lr_scheduler", "batch_size",
                                           "grad_accum", "max_length", "lora_r", "lora_alpha", "seed")),
-        f"| pairs used | {summary['pairs']['rows']} (prompts over budget dropped: {summary['pairs']['dropped_long_prompts']}) |",
+        f"| pairs used | {summary['pairs']['rows']} (prompts cut to {summary['pairs']['prompt_budget_tokens']} tokens: "
+        f"{summary['pairs']['truncated_prompts']}; dropped: {summary['pairs']['dropped_prompts']}) |",
+        f"| backend, device, precision | {summary['backend']}, {summary['device']}, {summary['precision']} |",
+        f"| chat template | from the {summary['chat_template']['source']}, sha256 {summary['chat_template']['sha256']} |",
         f"| steps | {summary['steps']} |",
         f"| final loss / margin / accuracy | {last.get('loss')} / {last.get('rewards/margins')} / {last.get('rewards/accuracies')} |",
     ]

@@ -108,3 +108,75 @@ def test_bad_training_config_exits_2_naming_the_field(setup, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--pairs", str(tmp_path / "none.jsonl"), "--student", student, "--out", str(tmp_path / "p")])
     assert info.value.code == 2 and "none.jsonl" in capsys.readouterr().err
+
+
+def test_run_records_template_precision_tokens_and_the_rendered_pair(setup, tmp_path):
+    out = train(_cfg(setup, tmp_path / "run", max_steps=2), progress=False)
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["precision"] == "fp32" and summary["device"] == "CPU" and summary["backend"] == "peft"
+    assert summary["chat_template"]["source"] == "tokenizer" and len(summary["chat_template"]["sha256"]) == 16
+    steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(s["tokens_per_s"] > 0 for s in steps)
+    rendered = (out / "rendered_pair.txt").read_text()
+    assert "<|im_start|>user\nList some fruits.<|im_end|>" in rendered and "- three fruits<|im_end|>" in rendered
+
+
+def test_out_of_memory_names_the_knobs_and_the_estimate(setup, tmp_path, monkeypatch, capsys):
+    """The error path only: the trainer is made to raise what CUDA raises when memory runs out."""
+    from trl import DPOTrainer
+
+    def oom(self, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(DPOTrainer, "train", oom)
+    student, pairs = setup
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--pairs", str(pairs), "--student", student, "--out", str(tmp_path / "o"), "--max-steps", "1"])
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert info.value.code == 2 and "Traceback" not in err
+    assert "ran out of memory" in err and "batch_size 1" in err and "the planner estimates" in err
+    assert "lite-delta plan --student" in err and "--resume" in err
+
+
+def test_merge_saves_a_16_bit_model_equal_to_base_plus_adapter(setup, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = train(_cfg(setup, tmp_path / "run", max_steps=2, merge=True), progress=False)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert merged.dtype == torch.bfloat16 and (out / "merged" / "model.safetensors").is_file()
+    assert (out / "merged" / "tokenizer.json").is_file()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(setup[0]), out / "adapter")
+    ids = torch.tensor([[1, 5, 42, 7, 99, 3]])
+    with torch.no_grad():
+        expected = tuned(ids).logits.float()
+        got = merged(ids).logits.float()
+        with tuned.disable_adapter():
+            untuned = tuned(ids).logits.float()
+    assert (expected - untuned).abs().max() > 1e-3, "the adapter changed something"
+    assert (got - expected).abs().max() < 0.05 * expected.abs().max(), "bf16 rounding only"
+
+
+def test_student_without_chat_template_exits_2_naming_the_field(setup, tmp_path, capsys):
+    student, pairs = setup
+    bare = tmp_path / "bare"
+    shutil.copytree(student, bare)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in ("chat_template.jinja", "chat_template.json"):
+        (bare / extra).unlink(missing_ok=True)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--pairs", str(pairs), "--student", str(bare), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert info.value.code == 2 and "no chat template" in err and "`chat_template`" in err
+
+
+def test_bf16_on_the_cpu_is_refused_before_any_model_loads(setup, tmp_path, capsys):
+    student, pairs = setup
+    config = tmp_path / "train.yaml"
+    config.write_text("precision: bf16\n")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--pairs", str(pairs), "--student", student, "--out", str(tmp_path / "o"),
+              "--config", str(config)])
+    assert info.value.code == 2 and "fp32" in capsys.readouterr().err

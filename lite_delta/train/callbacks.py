@@ -1,0 +1,99 @@
+"""Trainer callbacks: the per-step JSON log (with tokens/s, peak memory, health warnings) and a progress bar."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from lite_delta.train.health import check
+
+log = logging.getLogger(__name__)
+
+KEEP = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "learning_rate")
+
+
+class StepLog(TrainerCallback):
+    """One JSON line per optimizer step in train_log.jsonl; on resume, lines past the checkpoint are
+    dropped first, so the log never holds a step twice. Health warnings go into the log and `warnings`."""
+
+    def __init__(self, path: Path, *, loss_type: str):
+        self.path = path
+        self.loss_type = loss_type
+        self.records: list[dict] = []
+        self.warnings: list = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
+        self.records = [r for r in map(json.loads, lines) if r["step"] <= state.global_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+        self.warnings = []
+        self.started = self.last_time = time.perf_counter()
+        self.last_tokens = 0.0 if state.global_step == 0 else None  # TRL's count restarts on resume
+        loader = kwargs.get("train_dataloader")
+        batches = len(loader) if loader is not None else state.max_steps * args.gradient_accumulation_steps
+        self.steps_per_epoch = max(1, -(-batches // args.gradient_accumulation_steps))
+        self.warmup_steps = args.get_warmup_steps(state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        import torch
+
+        now = time.perf_counter()
+        record = {"step": state.global_step, **{k: float(logs[k]) for k in KEEP if k in logs}}
+        tokens = logs.get("num_tokens")  # TRL's running count of tokens trained on
+        if tokens is not None:
+            tokens = float(tokens)
+            if self.last_tokens is not None and now > self.last_time:
+                record["tokens_per_s"] = round((tokens - self.last_tokens) / (now - self.last_time), 1)
+            self.last_tokens = tokens
+        self.last_time = now
+        record["seconds"] = round(now - self.started, 2)
+        if torch.cuda.is_available():
+            record["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
+        self.records.append(record)
+        new = check(self.records, loss_type=self.loss_type, warmup_steps=self.warmup_steps,
+                    steps_per_epoch=self.steps_per_epoch, already={w.kind for w in self.warnings})
+        for warning in new:
+            log.warning("training health: %s", warning.message)
+            record.setdefault("warnings", []).append(warning.kind)
+        self.warnings.extend(new)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class ProgressBar(TrainerCallback):
+    """step / total, loss, margin, tokens/s, ETA, and the latest health warning, on one line."""
+
+    def __init__(self, step_log: StepLog, console=None):
+        self.step_log = step_log
+        self.console = console
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.description}"), console=self.console,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("", total=state.max_steps, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.step_log.records or self.step_log.records[-1]["step"] != state.global_step:
+            return
+        r = self.step_log.records[-1]
+        text = f"loss {r['loss']:.4f}  margin {r.get('rewards/margins', float('nan')):+.3f}"
+        if "tokens_per_s" in r:
+            text += f"  {r['tokens_per_s']:.0f} tok/s"
+        if self.step_log.warnings:
+            text += f"  [yellow]! {self.step_log.warnings[-1].kind.replace('_', ' ')}[/yellow]"
+        self.progress.update(self.task, completed=state.global_step, description=text)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+        self.progress.stop()
