@@ -193,6 +193,72 @@ def bench_generate(
     )
 
 
+@app.command("eval")
+def eval_(
+    model: str = typer.Option(..., help="GGUF reference (llama.cpp), Hub id or model folder (transformers)"),
+    out: Path = typer.Option(..., help="output folder: results.json, <task>/predictions.jsonl; rerun to resume"),
+    tasks: str = typer.Option("gsm8k,math500,mmlu,ifeval,bbh,truthfulqa,humaneval,drop,popqa",
+                              help="comma-separated tasks"),
+    adapter: Optional[Path] = typer.Option(None, help="PEFT LoRA adapter folder (transformers engine)"),
+    engine: str = typer.Option("auto", help="auto | llama.cpp | transformers (auto: llama.cpp for GGUF)"),
+    limit: Optional[int] = typer.Option(None, min=1, help="items per task (reduced subset)"),
+    subset: str = typer.Option("stratified", help="stratified (by subject/config) | first"),
+    seed: int = typer.Option(0, help="subset and sampling seed"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="local copies (DIR/<task>/...) instead of the Hub"),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help="cap every task's generation budget"),
+    humaneval_samples: int = typer.Option(20, min=1, help="HumanEval samples per problem (pass@10 needs 10+)"),
+    parallel: int = typer.Option(8, min=1, help="llama.cpp sequences decoded at once"),
+    batch_size: int = typer.Option(8, min=1, help="transformers generation batch"),
+    model_cache: Optional[Path] = typer.Option(None, help="transformers: where a GGUF is converted (default OUT/model)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: all cores)"),
+) -> None:
+    """Score a model on the reduced Tulu 3 suite (resumable)."""
+    from lite_delta.evaluate import EvalConfig, evaluate
+    from lite_delta.evaluate.stage import parse_tasks
+
+    if subset not in ("stratified", "first"):
+        raise LiteDeltaError(f"--subset must be stratified or first, not {subset!r}")
+    cfg = EvalConfig(model=model, out=out, tasks=parse_tasks(tasks), adapter=adapter, engine=engine, limit=limit,
+                     subset=subset, seed=seed, data_dir=data_dir, max_tokens=max_tokens,
+                     humaneval_samples=humaneval_samples, parallel=parallel, batch_size=batch_size,
+                     model_cache=model_cache, threads=threads)
+    results = evaluate(cfg)
+    for name in cfg.tasks:
+        r = results["tasks"][name]
+        print(f"{name:<11} {100 * r['score']:6.1f}  (n={r['n']}, {r.get('primary') or r['settings']['metric']})")
+    print(f"{'macro avg':<11} {100 * results['macro_average']['score']:6.1f}")
+    console.print(f"[green]done[/green]: {out / 'results.json'}")
+
+
+@app.command()
+def score(
+    task: str = typer.Option(..., help="task name, e.g. gsm8k"),
+    predictions: Path = typer.Option(..., help='JSONL: {"id": row index in the eval split, "output": ...} per line'),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="local copies (DIR/<task>/...) instead of the Hub"),
+    out: Optional[Path] = typer.Option(None, help="where scored.jsonl and score.json go (default: beside FILE)"),
+) -> None:
+    """Score a file of model outputs for one task; prints the metric."""
+    from lite_delta.evaluate import score_file
+
+    summary = score_file(task, predictions, data_dir=data_dir, out=out)
+    print(f"{summary['task']}: {100 * summary['score']:.1f} ({summary.get('primary') or summary['metric']}, n={summary['n']})")
+    console.print(f"[green]done[/green]: {summary['out']}")
+
+
+@app.command("compare")
+def compare_(
+    base_dir: Path = typer.Argument(..., help="eval output of the base model"),
+    tuned_dir: Path = typer.Argument(..., help="eval output of the tuned model"),
+    out: Path = typer.Option(..., help="output folder: compare.md, compare.json, compare.png"),
+) -> None:
+    """Base vs tuned per task: difference, paired bootstrap 95% CI, macro average, table and chart."""
+    from lite_delta.evaluate import compare as run_compare
+
+    run_compare(base_dir, tuned_dir, out)
+    print((out / "compare.md").read_text(encoding="utf-8"), end="")
+    console.print(f"[green]done[/green]: {out / 'compare.md'}")
+
+
 def _validated(model_cls, **fields):
     from pydantic import ValidationError
 
