@@ -28,12 +28,23 @@ console = Console(stderr=True)
 def run(
     recipe: Optional[Path] = typer.Argument(None, help="recipe YAML; the offline demo when omitted"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="runs are written to RUNS_DIR/NAME"),
+    from_stage: Optional[str] = typer.Option(None, "--from", help="rerun from this stage: generate, pair, train, "
+                                             "evaluate, report"),
+    until_stage: Optional[str] = typer.Option(None, "--until", help="stop after this stage"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (models, sizes, steps, VRAM, ETA) only"),
+    overrides: list[str] = typer.Option([], "--set", help="override a recipe field: KEY=VALUE, e.g. train.max_steps=20"),
 ) -> None:
-    """Run a recipe end to end into runs/NAME (today: generate both teachers, then pair)."""
+    """Run a recipe end to end into runs/NAME: generate -> pair -> train -> evaluate -> report.
+
+    Finished stages are skipped, an interrupted one resumes, and a changed setting reruns its stage
+    and the ones after it (see runs/NAME/manifest.json)."""
     from lite_delta.pipeline import default_recipe_path, run_recipe
 
-    out = run_recipe(recipe or default_recipe_path(), runs_dir=runs_dir)
-    console.print(f"[green]done[/green]: {out}")
+    out = run_recipe(recipe or default_recipe_path(), runs_dir=runs_dir, overrides=overrides,
+                     from_stage=from_stage, until_stage=until_stage, dry_run=dry_run)
+    if not dry_run:
+        report = out / "report.md"
+        console.print(f"[green]done[/green]: {report if report.is_file() else out}")
 
 
 @app.command()

@@ -61,6 +61,9 @@ class Recipe(Strict):
     teachers: TeachersConfig
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
+    student: str | None = Field(None, description="the model DPO trains: Hub id, model folder or GGUF reference")
+    train: TrainSettings | None = None
+    evaluate: EvaluateConfig | None = None
 
     @model_validator(mode="after")
     def _teachers_match_mode(self) -> "Recipe":
@@ -72,6 +75,10 @@ class Recipe(Strict):
                 raise ValueError("pairing.mode by_score needs teachers.samples")
             if self.generation.samples_per_prompt < 2:
                 raise ValueError("pairing.mode by_score needs generation.samples_per_prompt >= 2")
+        if (self.train or self.evaluate) and not self.student:
+            raise ValueError("train and evaluate need `student` (Hub id, model folder or GGUF reference)")
+        if self.evaluate and self.evaluate.utility and self.pairing.mode != "by_score":
+            raise ValueError("evaluate.utility measures the pairing scorer: it needs pairing.mode by_score")
         return self
 
 
@@ -84,7 +91,31 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """`KEY=VALUE` pairs onto a recipe mapping: KEY a dotted path (train.max_steps), VALUE parsed as YAML."""
+    data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.split(".")):
+            raise LiteDeltaError(f"--set {item!r}: write KEY=VALUE with a dotted KEY, e.g. train.max_steps=20")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise LiteDeltaError(f"--set {item!r}: `{part}` is not a section")
+            node = child
+        node[leaf] = value
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise LiteDeltaError(f"recipe not found: {path}")
@@ -98,10 +129,13 @@ def load_recipe(path: str | Path) -> Recipe:
         raise LiteDeltaError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise LiteDeltaError(f"{path}: a recipe is a YAML mapping of sections (name, prompts, teachers, ...)")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    source = f"{path} (with --set {' '.join(overrides)})" if overrides else str(path)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise LiteDeltaError(format_validation_error(exc, str(path))) from None
+        raise LiteDeltaError(format_validation_error(exc, source)) from None
 
 
 class GenerateConfig(Strict):
@@ -121,12 +155,9 @@ DPO_LOSSES = (
 )
 
 
-class TrainConfig(Strict):
-    """One DPO run of the student on preference pairs (defaults: the paper's loss and beta, LoRA-sized lr)."""
+class TrainSettings(Strict):
+    """The knobs of one DPO run (a recipe's `train:` section; defaults: the paper's loss and beta, LoRA-sized lr)."""
 
-    student: str = Field(description="Hub id, local model folder, or a GGUF reference (converted once)")
-    pairs: Path = Field(description="pair-stage output folder or a pairs file (.jsonl/.json/.parquet)")
-    out: Path
     backend: Literal["auto", "unsloth", "peft"] = "auto"
     loss: str = Field("sigmoid_norm", description="length-normalized DPO, as the paper and Tulu 3")
     beta: float = Field(5.0, gt=0, description="paper: 5")
@@ -161,6 +192,54 @@ class TrainConfig(Strict):
         if loss not in DPO_LOSSES:
             raise ValueError(f"must be one of {', '.join(DPO_LOSSES)} (got {loss!r})")
         return loss
+
+
+class TrainConfig(TrainSettings):
+    """One DPO run of the student on preference pairs: the settings plus what to train, on what, where."""
+
+    student: str = Field(description="Hub id, local model folder, or a GGUF reference (converted once)")
+    pairs: Path = Field(description="pair-stage output folder or a pairs file (.jsonl/.json/.parquet)")
+    out: Path
+
+
+class UtilityEvalConfig(Strict):
+    """The demo's measure: the pairing utility on held-out prompts, base vs tuned student, same seeds."""
+
+    prompts: PromptsConfig
+    samples_per_prompt: int = Field(4, gt=0, description="answers per prompt and per model")
+    temperature: float = Field(0.9, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(200, gt=0)
+    seed: int = 1
+    batch_size: int = Field(16, gt=0, description="prompts generated together (transformers)")
+
+
+EVAL_TASKS = ("gsm8k", "math500", "mmlu", "ifeval", "bbh", "truthfulqa", "humaneval", "drop", "popqa")
+
+
+class SuiteEvalConfig(Strict):
+    """The reduced Tulu 3 suite on the base and the tuned student (same items for both)."""
+
+    tasks: list[str] = Field(default_factory=lambda: list(EVAL_TASKS))
+    limit: int | None = Field(100, gt=0, description="items per task; None: whole splits")
+    subset: Literal["stratified", "first"] = "stratified"
+    data_dir: Path | None = Field(None, description="local copies (DIR/<task>/...) instead of the Hub")
+    max_tokens: int | None = Field(None, gt=0, description="caps every task's generation budget")
+    humaneval_samples: int = Field(20, gt=0)
+    seed: int = 0
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        unknown = [t for t in tasks if t not in EVAL_TASKS]
+        if unknown or not tasks:
+            raise ValueError(f"tasks must be among {', '.join(EVAL_TASKS)} (got {', '.join(unknown) or 'none'})")
+        return tasks
+
+
+class EvaluateConfig(Strict):
+    utility: UtilityEvalConfig | None = None
+    suite: SuiteEvalConfig | None = None
 
 
 def load_train_config(path: str | Path, **overrides) -> TrainConfig:

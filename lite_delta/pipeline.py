@@ -1,67 +1,336 @@
-"""The stage runner: a recipe in, `runs/NAME/` out. Today: generate (both teachers), then pair.
+"""The stage runner: a recipe in, `runs/NAME/` out — generate → pair → train → evaluate → report.
 
-Each stage writes into its own folder of the run directory and resumes from what is there, so
-rerunning an interrupted `lite-delta run` continues where it stopped.
+Each stage writes into its own folder of the run directory and resumes from what is there. The
+manifest (`manifest.json`) records, per stage, a key (a hash of the recipe sections the stage
+reads and of the keys of the stages before it), the hashes of its input and output files, its
+status and its time. Rerunning skips a stage whose key is unchanged and finished; resumes one that
+was interrupted (its key unchanged); and reruns from scratch a stage whose settings, or whose
+upstream, changed — and with it every stage after it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 
-from lite_delta.config import GenerateConfig, Recipe, load_recipe
+from lite_delta.config import GenerateConfig, Recipe, TrainConfig, load_recipe
+from lite_delta.errors import LiteDeltaError
 from lite_delta.files import write_json
 
 console = Console(stderr=True)
+
+STAGES = ("generate", "pair", "train", "evaluate", "report")
+MANIFEST = "manifest.json"
 
 
 def default_recipe_path() -> Path:
     return Path(str(resources.files("lite_delta") / "recipes" / "demo.yaml"))
 
 
-def _generate(recipe: Recipe, model: str, out: Path) -> Path:
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage_settings(recipe: Recipe) -> dict[str, dict | None]:
+    """The recipe sections each stage reads; None for a stage the recipe leaves out."""
+    data = recipe.model_dump(mode="json")
+    return {
+        "generate": {k: data[k] for k in ("prompts", "teachers", "generation")},
+        "pair": {"pairing": data["pairing"]},
+        "train": {"student": data["student"], "train": data["train"]} if recipe.train else None,
+        "evaluate": {"student": data["student"], "evaluate": data["evaluate"]} if recipe.evaluate else None,
+        "report": {"name": data["name"]},
+    }
+
+
+def stage_keys(recipe: Recipe) -> dict[str, str | None]:
+    keys, upstream = {}, ""
+    for name, settings in stage_settings(recipe).items():
+        if settings is None:
+            keys[name] = None
+            continue
+        upstream = keys[name] = _digest([upstream, name, settings])
+    return keys
+
+
+@dataclass
+class Manifest:
+    path: Path
+    data: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Manifest":
+        path = run_dir / MANIFEST
+        if path.is_file():
+            try:
+                return cls(path, json.loads(path.read_text(encoding="utf-8")))
+            except json.JSONDecodeError:
+                raise LiteDeltaError(f"{path} is not valid JSON: delete it to rerun every stage") from None
+        return cls(path, {"stages": {}})
+
+    def stage(self, name: str) -> dict:
+        return self.data.setdefault("stages", {}).setdefault(name, {})
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+
+@dataclass
+class StagePlan:
+    name: str
+    key: str | None
+    action: str  # run | resume | skip | rerun | absent
+    reason: str
+
+
+def plan_stages(recipe: Recipe, manifest: Manifest, *, from_stage: str | None, until_stage: str | None) -> list[StagePlan]:
+    keys = stage_keys(recipe)
+    plans, stale = [], False
+    first = STAGES.index(from_stage) if from_stage else 0
+    last = STAGES.index(until_stage) if until_stage else len(STAGES) - 1
+    for i, name in enumerate(STAGES):
+        record = manifest.data.get("stages", {}).get(name, {})
+        key = keys[name]
+        if key is None:
+            plans.append(StagePlan(name, None, "absent", "not in the recipe"))
+            continue
+        if i > last:
+            plans.append(StagePlan(name, key, "skip", f"after --until {until_stage}"))
+            continue
+        if i < first:
+            if record.get("key") != key or record.get("status") != "done":
+                raise LiteDeltaError(f"--from {from_stage}: stage {name} has not finished with these settings; "
+                                     f"run without --from first")
+            plans.append(StagePlan(name, key, "skip", "before --from"))
+            continue
+        if i == first and from_stage:
+            plans.append(StagePlan(name, key, "rerun", f"--from {from_stage}"))
+            stale = True
+        elif stale and name != "report":
+            if record:
+                plans.append(StagePlan(name, key, "rerun", "an earlier stage reruns"))
+            else:
+                plans.append(StagePlan(name, key, "run", "not run yet"))
+        elif record.get("key") == key and record.get("status") == "done":
+            plans.append(StagePlan(name, key, "skip", "done, settings unchanged"))
+        elif record.get("key") == key:
+            plans.append(StagePlan(name, key, "resume", f"{record.get('status', 'started')} before: resuming"))
+            stale = True
+        elif record:
+            plans.append(StagePlan(name, key, "rerun", "settings changed"))
+            stale = True
+        else:
+            plans.append(StagePlan(name, key, "run", "not run yet"))
+            stale = True
+        if name == "report" and stale and plans[-1].action in ("skip", "resume"):
+            plans[-1] = StagePlan(name, key, "rerun", "an earlier stage reruns")
+    return plans
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+def _generate_one(recipe: Recipe, model: str, out: Path) -> Path:
     from lite_delta.generate import generate
 
-    cfg = GenerateConfig(
-        model=model,
-        prompts=recipe.prompts,
-        generation=recipe.generation,
-        out=out,
-        chat_template=recipe.teachers.chat_template,
-    )
+    cfg = GenerateConfig(model=model, prompts=recipe.prompts, generation=recipe.generation, out=out,
+                         chat_template=recipe.teachers.chat_template)
     return generate(cfg)
 
 
-def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs") -> Path:
-    from lite_delta.pairs import PairConfig, make_pairs
-
-    recipe = load_recipe(recipe_path)
-    run_dir = Path(runs_dir) / recipe.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "recipe.json", recipe.model_dump())
-    pairing = recipe.pairing.model_dump()
+def run_generate(recipe: Recipe, run_dir: Path) -> list[Path]:
     t = recipe.teachers
     if recipe.pairing.mode == "by_model":
         console.print(f"[bold]generate[/bold] chosen teacher: {t.chosen}")
-        chosen = _generate(recipe, t.chosen, run_dir / "generate" / "chosen")
+        chosen = _generate_one(recipe, t.chosen, run_dir / "generate" / "chosen")
         console.print(f"[bold]generate[/bold] rejected teacher: {t.rejected}")
-        rejected = _generate(recipe, t.rejected, run_dir / "generate" / "rejected")
-        cfg = PairConfig(**pairing, chosen=chosen, rejected=rejected, out=run_dir / "pairs")
+        rejected = _generate_one(recipe, t.rejected, run_dir / "generate" / "rejected")
+        return [chosen / "completions.jsonl", rejected / "completions.jsonl"]
+    console.print(f"[bold]generate[/bold] samples: {t.samples}")
+    samples = _generate_one(recipe, t.samples, run_dir / "generate" / "samples")
+    return [samples / "completions.jsonl"]
+
+
+def run_pair(recipe: Recipe, run_dir: Path) -> list[Path]:
+    from lite_delta.pairs import PairConfig, make_pairs
+
+    pairing = recipe.pairing.model_dump()
+    gen = run_dir / "generate"
+    if recipe.pairing.mode == "by_model":
+        cfg = PairConfig(**pairing, chosen=gen / "chosen", rejected=gen / "rejected", out=run_dir / "pairs")
     else:
-        console.print(f"[bold]generate[/bold] samples: {t.samples}")
-        samples = _generate(recipe, t.samples, run_dir / "generate" / "samples")
-        cfg = PairConfig(**pairing, samples=samples, out=run_dir / "pairs")
+        cfg = PairConfig(**pairing, samples=gen / "samples", out=run_dir / "pairs")
     console.print("[bold]pair[/bold]")
     out = make_pairs(cfg)
     _print_pair_summary(out)
+    stats = json.loads((out / "stats.json").read_text())
+    if not stats["pairs"]:
+        raise LiteDeltaError(f"no pairs were formed (see {out / 'stats.json'}): lower pairing.min_margin, "
+                             "allow truncated answers, or generate more samples")
+    return [out / "pairs.jsonl", out / "stats.json"]
+
+
+def run_train(recipe: Recipe, run_dir: Path) -> list[Path]:
+    from lite_delta.train.stage import last_checkpoint, train
+
+    out = run_dir / "train"
+    cfg = TrainConfig(**recipe.train.model_dump(), student=recipe.student, pairs=run_dir / "pairs", out=out)
+    console.print(f"[bold]train[/bold] {recipe.student} on {run_dir / 'pairs'}")
+    train(cfg, resume=last_checkpoint(out / "checkpoints") is not None)
+    return [out / "adapter" / "adapter_model.safetensors", out / "train.json", out / "train_log.jsonl"]
+
+
+def student_folder(recipe: Recipe, run_dir: Path) -> str:
+    """The student as transformers loads it: the train stage's converted copy of a GGUF, or the ref."""
+    from lite_delta.train.student import prepare_student
+
+    return prepare_student(recipe.student, run_dir / "train" / "student")
+
+
+def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
+    out = run_dir / "evaluate"
+    student = student_folder(recipe, run_dir)
+    adapter = run_dir / "train" / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise LiteDeltaError(f"no trained adapter in {adapter}: the evaluate stage needs the train stage")
+    outputs = []
+    if recipe.evaluate.utility:
+        from lite_delta.evaluate.utility import compare_utility, utility_chart, utility_eval
+
+        cfg = recipe.evaluate.utility
+        console.print(f"[bold]evaluate[/bold] {recipe.pairing.scorer} on held-out prompts: base student")
+        base = utility_eval(cfg, student=student, adapter=None, scorer=recipe.pairing.scorer, out=out / "utility" / "base")
+        console.print("[bold]evaluate[/bold] tuned student")
+        tuned = utility_eval(cfg, student=student, adapter=adapter, scorer=recipe.pairing.scorer,
+                             out=out / "utility" / "tuned")
+        summary = compare_utility(base, tuned)
+        write_json(out / "utility" / "summary.json", summary)
+        utility_chart(summary, run_dir / "figures" / "utility.png")
+        outputs.append(out / "utility" / "summary.json")
+    if recipe.evaluate.suite:
+        from lite_delta.evaluate import EvalConfig, evaluate
+        from lite_delta.evaluate.compare import compare
+
+        s = recipe.evaluate.suite
+        common = dict(tasks=s.tasks, limit=s.limit, subset=s.subset, seed=s.seed, data_dir=s.data_dir,
+                      max_tokens=s.max_tokens, humaneval_samples=s.humaneval_samples, engine="transformers")
+        # Same engine, template and items for both: the base is the student with no adapter.
+        console.print("[bold]evaluate[/bold] reduced suite: base student")
+        evaluate(EvalConfig(model=student, out=out / "suite" / "base", **common))
+        console.print("[bold]evaluate[/bold] reduced suite: tuned student")
+        evaluate(EvalConfig(model=student, adapter=adapter, out=out / "suite" / "tuned", **common))
+        compare(out / "suite" / "base", out / "suite" / "tuned", out / "suite" / "compare")
+        shutil.copyfile(out / "suite" / "compare" / "compare.png", _figures(run_dir) / "suite.png")
+        outputs.append(out / "suite" / "compare" / "compare.json")
+    return outputs
+
+
+def _figures(run_dir: Path) -> Path:
+    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
+    return run_dir / "figures"
+
+
+def run_report(recipe: Recipe, run_dir: Path) -> list[Path]:
+    from lite_delta.report import write_report
+
+    console.print("[bold]report[/bold]")
+    return write_report(recipe, run_dir)
+
+
+RUNNERS: dict[str, Callable[[Recipe, Path], list[Path]]] = {
+    "generate": run_generate, "pair": run_pair, "train": run_train, "evaluate": run_evaluate, "report": run_report,
+}
+OUTPUT_DIRS = {"generate": ["generate"], "pair": ["pairs"], "train": ["train/adapter", "train/checkpoints",
+               "train/train_log.jsonl", "train/train.json"], "evaluate": ["evaluate"], "report": []}
+
+
+def _clear(run_dir: Path, name: str) -> None:
+    for rel in OUTPUT_DIRS[name]:
+        path = run_dir / rel
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _hashes(paths: list[Path]) -> dict[str, str]:
+    return {str(p): file_sha256(p) for p in paths if p.is_file()}
+
+
+def stage_inputs(name: str, recipe: Recipe, run_dir: Path) -> list[Path]:
+    """The files a stage reads (hashed into the manifest)."""
+    if name == "generate":
+        source = Path(recipe.prompts.source)
+        return [source] if source.is_file() else []
+    previous = {"pair": "generate", "train": "pair", "evaluate": "train", "report": "evaluate"}[name]
+    manifest = Manifest.load(run_dir)
+    return [Path(p) for p in manifest.stage(previous).get("outputs", {})]
+
+
+def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs", overrides: list[str] | tuple[str, ...] = (),
+               from_stage: str | None = None, until_stage: str | None = None, dry_run: bool = False) -> Path:
+    for option, value in (("--from", from_stage), ("--until", until_stage)):
+        if value is not None and value not in STAGES:
+            raise LiteDeltaError(f"{option} {value!r}: stages are {', '.join(STAGES)}")
+    recipe = load_recipe(recipe_path, overrides)
+    run_dir = Path(runs_dir) / recipe.name
+    manifest = Manifest.load(run_dir)
+    plans = plan_stages(recipe, manifest, from_stage=from_stage, until_stage=until_stage)
+    if dry_run:
+        from lite_delta.dry_run import print_plan
+
+        print_plan(recipe, plans, run_dir)
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest.data.update(recipe=recipe.model_dump(mode="json"), recipe_path=str(recipe_path),
+                         overrides=list(overrides))
+    for plan in plans:
+        if plan.action in ("absent", "skip"):
+            if plan.action == "skip" and plan.reason.startswith("done"):
+                console.print(f"[dim]{plan.name}: done, settings unchanged — skipped[/dim]")
+            continue
+        if plan.action == "rerun":
+            _clear(run_dir, plan.name)
+        record = manifest.stage(plan.name)
+        record.clear()
+        record.update(key=plan.key, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      settings=stage_settings(recipe)[plan.name],
+                      inputs=_hashes(stage_inputs(plan.name, recipe, run_dir)))
+        manifest.save()
+        started = time.perf_counter()
+        try:
+            outputs = RUNNERS[plan.name](recipe, run_dir)
+        except KeyboardInterrupt:
+            record.update(status="interrupted", seconds=round(time.perf_counter() - started, 1))
+            manifest.save()
+            raise
+        except Exception as exc:
+            record.update(status="failed", error=str(exc)[:500], seconds=round(time.perf_counter() - started, 1))
+            manifest.save()
+            raise
+        record.update(status="done", outputs=_hashes(outputs), seconds=round(time.perf_counter() - started, 1),
+                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        manifest.save()
     return run_dir
 
 
 def _print_pair_summary(pairs_dir: Path) -> None:
-    import json
-
     stats = json.loads((pairs_dir / "stats.json").read_text())
     dropped = {name: n for name, n in stats["filters"].items() if n}
     console.print(f"pairs: {stats['pairs']} of {stats['candidates']} candidates; filtered: {dropped or 'none'}")

@@ -1,0 +1,211 @@
+"""`runs/NAME/report.md` and `report.html`: what the run made, how training went, whether it helped.
+
+Built only from the files the stages wrote (stats.json, train_log.jsonl, train.json, the eval
+summaries, manifest.json), so it can be rebuilt at any time with `lite-delta run --from report`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+
+from lite_delta.config import Recipe
+from lite_delta.files import write_text
+
+PACKAGES = ("lite-delta", "torch", "transformers", "trl", "peft", "datasets", "llama-cpp-python", "unsloth",
+            "bitsandbytes", "lm-eval")
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _fmt(x, digits: int = 2) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def environment() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    env = {"python": platform.python_version(), "platform": platform.platform(), "versions": versions}
+    try:
+        import torch
+
+        env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+        env["torch_cuda"] = torch.version.cuda
+    except ImportError:
+        env["device"] = "unknown"
+    try:
+        import llama_cpp
+
+        env["llama_cpp_gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+    except ImportError:
+        env["llama_cpp_gpu_offload"] = None
+    return env
+
+
+def training_chart(log_path: Path, path: Path) -> bool:
+    records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()] if log_path.is_file() else []
+    if not records:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(steps, [r.get("loss") for r in records], marker=".")
+    axes[0].axhline(0.6931, color="grey", lw=0.8, ls="--", label="ln 2 (nothing learned)")
+    axes[0].set_title("DPO loss")
+    axes[0].legend(fontsize=8)
+    for key, label in (("rewards/chosen", "chosen"), ("rewards/rejected", "rejected"), ("rewards/margins", "margin")):
+        axes[1].plot(steps, [r.get(key) for r in records], marker=".", label=label)
+    axes[1].axhline(0, color="grey", lw=0.8)
+    axes[1].set_title("implicit rewards")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(steps, [r.get("rewards/accuracies") for r in records], marker=".")
+    axes[2].set_ylim(-0.05, 1.05)
+    axes[2].set_title("reward accuracy (chosen > rejected)")
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _pairs_section(run_dir: Path) -> list[str]:
+    stats = _read_json(run_dir / "pairs" / "stats.json")
+    if not stats:
+        return []
+    s = stats["scorer"]
+    dropped = ", ".join(f"{k} {v}" for k, v in stats["filters"].items() if v) or "none"
+    lines = ["## Pairs", "",
+             f"{stats['pairs']} pairs from {stats['candidates']} candidates ({stats['mode']}); filtered out: {dropped}.", "",
+             "| | chosen | rejected |", "|---|---|---|"]
+    for side_key, label in (("completion_tokens", "answer tokens (mean)"), ("chars", "answer characters (mean)")):
+        lines.append(f"| {label} | {_fmt(stats['chosen'][side_key].get('mean'), 1)} | "
+                     f"{_fmt(stats['rejected'][side_key].get('mean'), 1)} |")
+    if s.get("chosen_mean") is not None:
+        lines.append(f"| {s['name']} (mean) | {_fmt(s['chosen_mean'])} | {_fmt(s['rejected_mean'])} |")
+    return lines + [""]
+
+
+def _training_section(run_dir: Path, figures: Path) -> list[str]:
+    summary = _read_json(run_dir / "train" / "train.json")
+    if not summary:
+        return []
+    cfg, last = summary["config"], summary.get("last_log") or {}
+    lines = ["## Training", "",
+             f"{summary['student']} — backend {summary['backend']}, {summary['device']}, {summary['precision']}; "
+             f"loss {cfg['loss']}, β {cfg['beta']}, lr {cfg['learning_rate']}, LoRA r {cfg['lora_r']}, "
+             f"{summary['steps']} steps in {summary['seconds']:.0f} s"
+             + (f", {summary['tokens_per_s_mean']:.0f} tokens/s" if summary.get("tokens_per_s_mean") else "") + ".",
+             "",
+             f"Last step: loss {_fmt(last.get('loss'), 3)}, margin {_fmt(last.get('rewards/margins'), 3)}, "
+             f"accuracy {_fmt(last.get('rewards/accuracies'))}, chosen reward {_fmt(last.get('rewards/chosen'), 3)}, "
+             f"rejected reward {_fmt(last.get('rewards/rejected'), 3)}.", ""]
+    if training_chart(run_dir / "train" / "train_log.jsonl", figures / "training.png"):
+        lines += ["![training curves](figures/training.png)", ""]
+    warnings = summary.get("health_warnings") or []
+    lines += ["**Training health:** " + ("no warnings." if not warnings else ""), ""]
+    lines += [f"- {w['message']}" for w in warnings]
+    lines += ["", f"Chat template: from the {summary['chat_template']['source']} (sha256 "
+                  f"{summary['chat_template']['sha256']}); one rendered pair: `train/rendered_pair.txt`.", ""]
+    return lines
+
+
+def _utility_section(run_dir: Path) -> list[str]:
+    summary = _read_json(run_dir / "evaluate" / "utility" / "summary.json")
+    if not summary:
+        return []
+    name = summary.get("scorer", "utility")
+    lines = [f"## Held-out utility: {name}", "",
+             f"Mean {name} per answer on {summary.get('n_prompts', '?')} held-out prompts × "
+             f"{summary.get('samples_per_prompt', '?')} samples, with bootstrap 95% confidence intervals over prompts. "
+             "Chosen and rejected are, per prompt, the base student's best and worst of its samples — what the "
+             "pair stage would have picked.", "",
+             "| | mean | 95% CI |", "|---|---|---|"]
+    for key, label in (("base", "base student"), ("rejected", "rejected (worst of k)"),
+                       ("chosen", "chosen (best of k)"), ("tuned", "tuned student")):
+        entry = summary.get(key) or {}
+        ci = entry.get("ci95") or [None, None]
+        lines.append(f"| {label} | {_fmt(entry.get('mean'))} | [{_fmt(ci[0])}, {_fmt(ci[1])}] |")
+    diff = summary.get("tuned_minus_chosen") or {}
+    ci = diff.get("ci95") or [None, None]
+    verdict = "**met**" if summary.get("target_met") else "**not met**"
+    lines += ["", f"Tuned − chosen: {_fmt(diff.get('mean'))} (paired 95% CI [{_fmt(ci[0])}, {_fmt(ci[1])}]). "
+                  f"Target (tuned above the chosen answers, CI excluding 0): {verdict}.", "",
+              "![utility](figures/utility.png)", ""]
+    return lines
+
+
+def _suite_section(run_dir: Path) -> list[str]:
+    compare_md = run_dir / "evaluate" / "suite" / "compare" / "compare.md"
+    if not compare_md.is_file():
+        return []
+    body = compare_md.read_text(encoding="utf-8").strip().splitlines()
+    body = [("###" + line[1:] if line.startswith("# ") else line) for line in body]
+    return ["## Reduced Tulu 3 evaluation: base vs tuned", "", *body, "", "![suite](figures/suite.png)", ""]
+
+
+def _stages_section(run_dir: Path) -> list[str]:
+    manifest = _read_json(run_dir / "manifest.json") or {}
+    stages = manifest.get("stages", {})
+    if not stages:
+        return []
+    lines = ["## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    for name, record in stages.items():
+        if name == "report":
+            continue
+        lines.append(f"| {name} | {record.get('status', '–')} | {_fmt(record.get('seconds'), 0)} |")
+    return lines + [""]
+
+
+def _environment_section(env: dict) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    build = {True: "with GPU offload (CUDA)", False: "CPU only", None: "not installed"}[env["llama_cpp_gpu_offload"]]
+    return ["## Environment", "", f"- device: {env['device']}; torch CUDA: {env.get('torch_cuda') or 'none'}",
+            f"- llama-cpp-python build: {build}", f"- Python {env['python']} on {env['platform']}",
+            f"- {versions}", ""]
+
+
+def write_report(recipe: Recipe, run_dir: Path) -> list[Path]:
+    figures = run_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    lines = [f"# lite-delta run: {recipe.name}", "",
+             "Delta learning (Geng et al., 2025): DPO on pairs of two weak answers, chosen ≻ rejected.", ""]
+    lines += _utility_section(run_dir)
+    lines += _suite_section(run_dir)
+    lines += _pairs_section(run_dir)
+    lines += _training_section(run_dir, figures)
+    lines += _stages_section(run_dir)
+    lines += _environment_section(env)
+    md = "\n".join(lines) + "\n"
+    write_text(run_dir / "report.md", md)
+    write_text(run_dir / "report.html", to_html(md, f"lite-delta: {recipe.name}"))
+    return [run_dir / "report.md", run_dir / "report.html"]
+
+
+def to_html(md: str, title: str) -> str:
+    import html
+
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables"])
+    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;line-height:1.45}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}img{max-width:100%}"
+             "code{background:#f4f4f4;padding:0 .2em}")
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")

