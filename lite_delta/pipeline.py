@@ -221,7 +221,7 @@ def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
                              out=out / "utility" / "tuned")
         summary = compare_utility(base, tuned)
         write_json(out / "utility" / "summary.json", summary)
-        utility_chart(summary, run_dir / "figures" / "utility.png")
+        utility_chart(summary, _figures(run_dir) / "utility.png")
         outputs.append(out / "utility" / "summary.json")
     if recipe.evaluate.suite:
         from lite_delta.evaluate import EvalConfig, evaluate
@@ -326,8 +326,24 @@ def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs", overri
             raise
         record.update(status="done", outputs=_hashes(outputs), seconds=round(time.perf_counter() - started, 1),
                       finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        manifest.data["chat_templates"] = chat_templates(run_dir)
         manifest.save()
     return run_dir
+
+
+def chat_templates(run_dir: Path) -> dict:
+    """Each model's chat template as its stage read it (teachers: GGUF metadata; student: its tokenizer)."""
+    found = {}
+    for gen in sorted((run_dir / "generate").glob("*/generation.json")):
+        info = json.loads(gen.read_text(encoding="utf-8"))
+        template = info.get("chat_template") or ""
+        found[f"teacher {gen.parent.name}"] = {"model": info.get("model"), "source": "GGUF metadata or recipe",
+                                               "sha256": hashlib.sha256(template.encode()).hexdigest()[:16]}
+    train = run_dir / "train" / "train.json"
+    if train.is_file():
+        info = json.loads(train.read_text(encoding="utf-8"))
+        found["student"] = {"model": info["student"], **info["chat_template"]}
+    return found
 
 
 def _print_pair_summary(pairs_dir: Path) -> None:

@@ -169,6 +169,10 @@ def _stages_section(run_dir: Path) -> list[str]:
         if name == "report":
             continue
         lines.append(f"| {name} | {record.get('status', '–')} | {_fmt(record.get('seconds'), 0)} |")
+    templates = manifest.get("chat_templates") or {}
+    if templates:
+        lines += ["", "Chat templates (only messages cross between models, never rendered text):", ""]
+        lines += [f"- {role}: `{t['sha256']}` ({t['model']})" for role, t in templates.items()]
     return lines + [""]
 
 

@@ -1,0 +1,81 @@
+"""`lite-delta run` killed in the middle of a stage and rerun: the same outputs as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SMOKE = ["prompts.n=3", "generation.samples_per_prompt=2", "generation.max_tokens=24", "generation.parallel=4",
+         "pairing.min_margin=0", "train.max_steps=4", "train.save_steps=1", "train.batch_size=2",
+         "train.grad_accum=1", "train.max_length=256", "train.learning_rate=1e-3", "train.warmup_ratio=0",
+         "evaluate=null"]
+
+
+def command(runs: Path, student: str, *extra: str) -> list[str]:
+    sets = [x for o in [*SMOKE, f"student={student}", *extra] for x in ("--set", o)]
+    return [sys.executable, "-m", "lite_delta.cli", "run", "--runs-dir", str(runs), *sets]
+
+
+def log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "train" / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, smollm2_student):
+    runs = tmp_path_factory.mktemp("full")
+    subprocess.run(command(runs, smollm2_student), check=True, capture_output=True, timeout=900)
+    return runs / "demo"
+
+
+def test_killed_during_training_then_rerun_matches_an_uninterrupted_run(tmp_path, uninterrupted, smollm2_student):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command(tmp_path, smollm2_student), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    checkpoint = tmp_path / "demo" / "train" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed mid-training"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run = tmp_path / "demo"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["status"] == "running" and manifest["stages"]["pair"]["status"] == "done"
+
+    done = subprocess.run(command(tmp_path, smollm2_student), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "generate: done, settings unchanged" in done.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(manifest["stages"][s]["status"] == "done" for s in ("generate", "pair", "train", "report"))
+    assert (run / "pairs" / "pairs.jsonl").read_bytes() == (uninterrupted / "pairs" / "pairs.jsonl").read_bytes()
+    resumed, full = log(run), log(uninterrupted)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4], "no step lost or logged twice"
+    for a, b in zip(resumed, full):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-4)
+    assert json.loads((run / "train" / "train.json").read_text())["resumed_from"].endswith("checkpoint-2") or \
+        json.loads((run / "train" / "train.json").read_text())["resumed_from"] is not None
+    assert (run / "report.md").is_file() and (run / "report.html").is_file()
+    assert (run / "figures" / "training.png").stat().st_size > 10_000
+
+
+def test_a_finished_run_reruns_nothing_and_a_changed_setting_reruns_from_its_stage(uninterrupted, smollm2_student):
+    runs = uninterrupted.parent
+    before = (uninterrupted / "train" / "train_log.jsonl").read_bytes()
+    done = subprocess.run(command(runs, smollm2_student), capture_output=True, text=True, timeout=300, check=True)
+    assert done.stderr.count("settings unchanged") == 4
+    assert (uninterrupted / "train" / "train_log.jsonl").read_bytes() == before
+    changed = subprocess.run(command(runs, smollm2_student, "train.max_steps=2"), capture_output=True, text=True,
+                             timeout=900, check=True)
+    assert "generate: done" in changed.stderr and "pair: done" in changed.stderr
+    assert [r["step"] for r in log(uninterrupted)] == [1, 2]
+    manifest = json.loads((uninterrupted / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["settings"]["train"]["max_steps"] == 2
+    assert manifest["chat_templates"]["student"]["sha256"] == manifest["chat_templates"]["teacher samples"]["sha256"]
