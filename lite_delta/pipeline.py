@@ -327,6 +327,10 @@ def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs", overri
         record.update(status="done", outputs=_hashes(outputs), seconds=round(time.perf_counter() - started, 1),
                       finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         manifest.data["chat_templates"] = chat_templates(run_dir)
+        train_json = run_dir / "train" / "train.json"
+        if plan.name == "train" and train_json.is_file():
+            info = json.loads(train_json.read_text(encoding="utf-8"))
+            manifest.data["training"] = {k: info[k] for k in ("backend", "device", "precision")}
         manifest.save()
     return run_dir
 

@@ -79,3 +79,4 @@ def test_a_finished_run_reruns_nothing_and_a_changed_setting_reruns_from_its_sta
     manifest = json.loads((uninterrupted / "manifest.json").read_text())
     assert manifest["stages"]["train"]["settings"]["train"]["max_steps"] == 2
     assert manifest["chat_templates"]["student"]["sha256"] == manifest["chat_templates"]["teacher samples"]["sha256"]
+    assert manifest["training"] == {"backend": "peft", "device": "CPU", "precision": "fp32"}
