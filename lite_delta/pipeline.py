@@ -215,9 +215,11 @@ def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
 
         cfg = recipe.evaluate.utility
         console.print(f"[bold]evaluate[/bold] {recipe.pairing.scorer} on held-out prompts: base student")
-        base = utility_eval(cfg, student=student, adapter=None, scorer=recipe.pairing.scorer, out=out / "utility" / "base")
+        k = recipe.generation.samples_per_prompt  # chosen/rejected = best/worst of what pairing ranked
+        base = utility_eval(cfg, student=student, adapter=None, scorer=recipe.pairing.scorer, k=k,
+                            out=out / "utility" / "base")
         console.print("[bold]evaluate[/bold] tuned student")
-        tuned = utility_eval(cfg, student=student, adapter=adapter, scorer=recipe.pairing.scorer,
+        tuned = utility_eval(cfg, student=student, adapter=adapter, scorer=recipe.pairing.scorer, k=k,
                              out=out / "utility" / "tuned")
         summary = compare_utility(base, tuned)
         write_json(out / "utility" / "summary.json", summary)

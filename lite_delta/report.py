@@ -129,25 +129,26 @@ def _utility_section(run_dir: Path) -> list[str]:
     summary = _read_json(run_dir / "evaluate" / "utility" / "summary.json")
     if not summary:
         return []
-    name = summary.get("scorer", "utility")
+    name = summary.get("scorer") or "utility"
+    samples = summary.get("samples_per_prompt") or {}
     lines = [f"## Held-out utility: {name}", "",
-             f"Mean {name} per answer on {summary.get('n_prompts', '?')} held-out prompts × "
-             f"{summary.get('samples_per_prompt', '?')} samples, with bootstrap 95% confidence intervals over prompts. "
-             "Chosen and rejected are, per prompt, the base student's best and worst of its samples — what the "
-             "pair stage would have picked.", "",
+             f"Mean {name} per answer on {summary['n_prompts']} held-out prompts "
+             f"({samples.get('base', '?')} samples per prompt from the base student, {samples.get('tuned', '?')} from the "
+             "tuned one, same engine, template and seeds), with bootstrap 95% confidence intervals over prompts. "
+             "Chosen and rejected are, per prompt, the best and worst of the base student's samples: what the pair "
+             "stage picks.", "",
              "| | mean | 95% CI |", "|---|---|---|"]
     for key, label in (("base", "base student"), ("rejected", "rejected (worst of k)"),
                        ("chosen", "chosen (best of k)"), ("tuned", "tuned student")):
-        entry = summary.get(key) or {}
-        ci = entry.get("ci95") or [None, None]
-        lines.append(f"| {label} | {_fmt(entry.get('mean'))} | [{_fmt(ci[0])}, {_fmt(ci[1])}] |")
-    diff = summary.get("tuned_minus_chosen") or {}
-    ci = diff.get("ci95") or [None, None]
+        bar = summary["bars"][key]
+        lines.append(f"| {label} | {_fmt(bar['mean'])} | [{_fmt(bar['ci95'][0])}, {_fmt(bar['ci95'][1])}] |")
+    diff, gain = summary["tuned_minus_chosen"], summary["tuned_minus_base"]
     verdict = "**met**" if summary.get("target_met") else "**not met**"
-    lines += ["", f"Tuned − chosen: {_fmt(diff.get('mean'))} (paired 95% CI [{_fmt(ci[0])}, {_fmt(ci[1])}]). "
-                  f"Target (tuned above the chosen answers, CI excluding 0): {verdict}.", "",
-              "![utility](figures/utility.png)", ""]
-    return lines
+    lines += ["", f"Tuned − chosen: {diff['diff']:+.2f} (paired 95% CI [{diff['ci95'][0]:+.2f}, {diff['ci95'][1]:+.2f}]); "
+                  f"tuned − base: {gain['diff']:+.2f} ([{gain['ci95'][0]:+.2f}, {gain['ci95'][1]:+.2f}]). "
+                  f"Target (the tuned student above the chosen answers, CI excluding 0): {verdict}.", ""]
+    lines += [f"- warning: {w}" for w in summary.get("warnings", [])]
+    return lines + ["![utility](figures/utility.png)", ""]
 
 
 def _suite_section(run_dir: Path) -> list[str]:

@@ -1,0 +1,343 @@
+"""The demo's measure: the pairing utility (e.g. list items) of the student's answers to held-out prompts.
+
+Base and tuned student are sampled by the same engine (transformers; the tuned one is the base plus its
+LoRA adapter), with the same prompts, chat template, settings and seeds, so their means compare fairly.
+From the base samples come two more bars: per prompt the best of k samples (what pairing would pick as
+*chosen*) and the worst (*rejected*). ``compare_utility`` puts the four side by side with bootstrap CIs
+over prompts and asks the demo's question: is the tuned student above the chosen answers?
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lite_delta.config import UtilityEvalConfig
+from lite_delta.errors import LiteDeltaError
+from lite_delta.files import write_json
+
+log = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+RESULT_FILE = "utility.json"
+N_BOOTSTRAP = 10_000
+# Settings that make an answer what it is: a rerun into the same folder must match them.
+CHECKED_FIELDS = ("prompts", "temperature", "top_p", "max_tokens", "seed", "model", "adapter_sha256",
+                  "chat_template_sha256", "precision")
+
+
+def item_seed(seed: int, prompt_id: str, sample: int) -> int:
+    digest = hashlib.sha256(f"utility:{seed}:{prompt_id}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFFFFFFFFFFFFFF
+
+
+class PerRowSampler:
+    """A logits processor that samples each row with its own generator and leaves only that token.
+
+    Run under greedy decoding, generate() then takes exactly the token drawn here, so a row's answer
+    depends on its own (prompt, sample) seed and not on what else is in the batch. Honest limit: the
+    logits themselves can differ in the last bits with the batch's padding width, so a different batch
+    composition can (rarely) flip a near-tie; the same settings and batch size reproduce bit for bit,
+    and a resumed run forms the same batches (batches are cut from the full, fixed item order).
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        logits = scores.float().cpu()
+        if self.temperature == 0:
+            picks = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits / self.temperature, dim=-1)
+            if self.top_p < 1.0:
+                sorted_p, order = probs.sort(dim=-1, descending=True)
+                # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+                drop = sorted_p.cumsum(-1) - sorted_p >= self.top_p
+                sorted_p[drop] = 0.0
+                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+            picks = torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, self.generators)])
+        forced = torch.full_like(scores, float("-inf"))
+        forced[torch.arange(scores.shape[0]), picks.to(scores.device)] = 0.0
+        return forced
+
+
+def read_samples(path: Path) -> dict[str, dict]:
+    """Finished answers by key; a torn last line (killed mid-write) is cut off."""
+    if not path.is_file():
+        return {}
+    raw = path.read_bytes()
+    done: dict[str, dict] = {}
+    good = 0
+    for line in raw.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            record = json.loads(line)
+            done[record["key"]] = record
+        except (ValueError, KeyError, TypeError):
+            if raw[good + len(line):].strip():
+                raise LiteDeltaError(f"{path}: a corrupt line that is not the last one; fix or delete it") from None
+            break
+        good += len(line)
+    if good < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return done
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    path = out / RESULT_FILE
+    if not path.is_file() or not (out / SAMPLES_FILE).is_file():
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))["settings"]
+    except (ValueError, KeyError, TypeError):
+        return
+    def canonical(s: dict, field: str) -> str:
+        value = s.get(field)
+        if field == "prompts" and isinstance(value, dict):  # more or fewer prompts extend or reuse the answers
+            value = {k: v for k, v in value.items() if k != "n"}
+        return json.dumps(value, sort_keys=True, default=str)
+
+    changed = [f for f in CHECKED_FIELDS if canonical(previous, f) != canonical(settings, f)]
+    if changed:
+        raise LiteDeltaError(
+            f"{out} holds answers made with other settings ({', '.join(changed)}): "
+            "use a new output folder, or delete it to start over"
+        )
+
+
+def _prompt_tokens(engine, prompt) -> list[int]:
+    text = engine.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
+    return engine._encode(text)
+
+
+def utility_eval(
+    cfg: UtilityEvalConfig,
+    *,
+    student: str,
+    adapter: Path | None,
+    scorer: str,
+    out: Path,
+    progress: bool = True,
+    k: int | None = None,
+    cache_dir: Path | None = None,
+) -> dict:
+    """Sample ``samples_per_prompt`` answers per held-out prompt, score them, write ``out/utility.json``.
+
+    ``k``: the samples per prompt that pairing ranked (best/worst of k); default ``samples_per_prompt``.
+    With more samples than k, best- and worst-of-k are averaged over consecutive blocks of k samples.
+    ``cache_dir``: where a GGUF student is converted once (default ``out/model``).
+    """
+    import torch
+
+    from lite_delta.evaluate.engines import TransformersEngine
+    from lite_delta.generate.stage import progress_bar
+    from lite_delta.pairs.pairing import _checked
+    from lite_delta.pairs.scorers import get_scorer
+    from lite_delta.prompts import load_prompts
+
+    k = k or cfg.samples_per_prompt
+    if k < 1 or k > cfg.samples_per_prompt:
+        raise LiteDeltaError(f"best/worst of k needs 1 <= k <= samples_per_prompt ({cfg.samples_per_prompt}), not {k}")
+    score = _checked(get_scorer(scorer), scorer)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    p = cfg.prompts
+    prompts, prompt_stats = load_prompts(p.source, column=p.column, split=p.split, n=p.n, sample=p.sample, seed=p.seed)
+    engine = TransformersEngine(student, adapter=adapter, cache_dir=Path(cache_dir or out / "model"),
+                                batch_size=cfg.batch_size)
+    if adapter is not None and engine.precision == "fp32":
+        # the same function up to rounding, without LoRA's extra small matmuls in every layer (several x slower)
+        engine.model = engine.model.merge_and_unload().eval()
+    settings = {
+        **cfg.model_dump(mode="json"),
+        **{key: engine.identity[key] for key in ("model", "adapter", "adapter_sha256", "precision",
+                                                  "chat_template_sha256", "engine")},
+        "k": k,
+    }
+    _check_settings(out, settings)
+
+    items = []  # fixed order (sample-major) so batches, and so answers, are the same after a resume
+    over_budget = 0
+    encoded = {}
+    for prompt in prompts:
+        tokens = _prompt_tokens(engine, prompt)
+        if len(tokens) > p.max_prompt_tokens:
+            over_budget += 1
+            continue
+        encoded[prompt.prompt_id] = tokens
+    kept = [pr for pr in prompts if pr.prompt_id in encoded]
+    if not kept:
+        raise LiteDeltaError(f"no prompt of {p.source} fits max_prompt_tokens ({p.max_prompt_tokens})")
+    for sample in range(cfg.samples_per_prompt):
+        for prompt in kept:
+            items.append((f"{prompt.prompt_id}:{sample}", prompt, sample, item_seed(cfg.seed, prompt.prompt_id, sample)))
+    batches = [items[i : i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
+
+    path = out / SAMPLES_FILE
+    done = read_samples(path)
+    write_json(out / RESULT_FILE, {"status": "running", "settings": settings})
+    tokenizer, model = engine.tokenizer, engine.model
+    pad = tokenizer.pad_token_id
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    started, new_tokens = time.perf_counter(), 0
+    with progress_bar(disable=not progress) as bar, open(path, "a", encoding="utf-8") as sink:
+        label = "utility " + ("tuned" if adapter else "base")
+        task = bar.add_task(label, total=len(items), completed=sum(1 for it in items if it[0] in done), rate="")
+        for batch in batches:
+            todo = [it for it in batch if it[0] not in done]
+            if not todo:
+                continue
+            width = max(len(encoded[it[1].prompt_id]) for it in todo)
+            ids = [[pad] * (width - len(encoded[it[1].prompt_id])) + encoded[it[1].prompt_id] for it in todo]
+            mask = [[0] * (width - len(encoded[it[1].prompt_id])) + [1] * len(encoded[it[1].prompt_id]) for it in todo]
+            sampler = PerRowSampler([it[3] for it in todo], cfg.temperature, cfg.top_p)
+            with torch.no_grad():
+                generated = model.generate(
+                    input_ids=torch.tensor(ids, device=model.device),
+                    attention_mask=torch.tensor(mask, device=model.device),
+                    max_new_tokens=cfg.max_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                    logits_processor=[sampler], pad_token_id=pad,
+                )
+            for (key, prompt, sample, seed), row in zip(todo, generated[:, width:].tolist()):
+                end = next((i for i, t in enumerate(row) if t in eos), None)
+                tokens = row if end is None else row[:end]
+                text = tokenizer.decode(tokens, skip_special_tokens=True)
+                record = {
+                    "key": key, "prompt_id": prompt.prompt_id, "index": prompt.index, "sample": sample, "seed": seed,
+                    "completion": text, "finish_reason": "stop" if end is not None else "length",
+                    "completion_tokens": len(tokens), "score": score(text),
+                }
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                done[key] = record
+                new_tokens += len(tokens)
+            sink.flush()
+            elapsed = time.perf_counter() - started
+            bar.update(task, advance=len(todo), rate=f"{new_tokens / elapsed:,.0f} tok/s")
+    engine.close()
+
+    per_prompt = {}
+    for prompt in kept:
+        scores = np.array([score(done[f"{prompt.prompt_id}:{s}"]["completion"]) for s in range(cfg.samples_per_prompt)])
+        blocks = scores[: len(scores) // k * k].reshape(-1, k)
+        per_prompt[prompt.prompt_id] = {
+            "index": prompt.index, "mean": float(scores.mean()), "scores": scores.tolist(),
+            "best_of_k": float(blocks.max(axis=1).mean()), "worst_of_k": float(blocks.min(axis=1).mean()),
+        }
+    result = {
+        "status": "complete",
+        "scorer": scorer,
+        "settings": settings,
+        "prompt_stats": {**prompt_stats, "over_budget": over_budget},
+        "n_prompts": len(per_prompt),
+        "n_samples": len(per_prompt) * cfg.samples_per_prompt,
+        **_summary(per_prompt),
+        "seconds_this_run": round(time.perf_counter() - started, 1),
+        "new_tokens_this_run": new_tokens,
+        "per_prompt": per_prompt,
+    }
+    write_json(out / RESULT_FILE, result)
+    return result
+
+
+def _bootstrap_means(values: np.ndarray, rng: np.random.Generator, b: int = N_BOOTSTRAP) -> np.ndarray:
+    return values[rng.integers(0, len(values), size=(b, len(values)))].mean(axis=1)
+
+
+def _ci(draws: np.ndarray) -> list[float]:
+    return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+
+
+def _summary(per_prompt: dict, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, field in (("mean", "mean"), ("best_of_k_mean", "best_of_k"), ("worst_of_k_mean", "worst_of_k")):
+        values = np.array([v[field] for v in per_prompt.values()])
+        out[name] = float(values.mean())
+        out[name.replace("mean", "ci95")] = _ci(_bootstrap_means(values, rng))
+    return out
+
+
+def compare_utility(base: dict, tuned: dict, seed: int = 0, n_bootstrap: int = N_BOOTSTRAP) -> dict:
+    """Base, held-out chosen (base best-of-k), rejected (base worst-of-k) and tuned means, each with a
+    bootstrap 95% CI over prompts, and tuned - chosen with a paired bootstrap CI (prompts paired by id)."""
+    ids = sorted(set(base["per_prompt"]) & set(tuned["per_prompt"]))
+    if not ids:
+        raise LiteDeltaError("the base and tuned utility runs share no prompt")
+    warnings = []
+    for key in ("temperature", "top_p", "max_tokens", "seed", "samples_per_prompt", "prompts", "k"):
+        if base["settings"].get(key) != tuned["settings"].get(key):
+            warnings.append(f"{key} differs ({base['settings'].get(key)!r} vs {tuned['settings'].get(key)!r})")
+    if base.get("scorer") != tuned.get("scorer"):
+        warnings.append(f"scorer differs ({base.get('scorer')!r} vs {tuned.get('scorer')!r})")
+    if len(ids) < max(len(base["per_prompt"]), len(tuned["per_prompt"])):
+        warnings.append(f"only {len(ids)} prompts are in both runs")
+    columns = {
+        "base": np.array([base["per_prompt"][i]["mean"] for i in ids]),
+        "rejected": np.array([base["per_prompt"][i]["worst_of_k"] for i in ids]),
+        "chosen": np.array([base["per_prompt"][i]["best_of_k"] for i in ids]),
+        "tuned": np.array([tuned["per_prompt"][i]["mean"] for i in ids]),
+    }
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ids), size=(n_bootstrap, len(ids)))  # one set of draws: every CI is paired
+    draws = {name: values[idx].mean(axis=1) for name, values in columns.items()}
+    diff = draws["tuned"] - draws["chosen"]
+    gain = draws["tuned"] - draws["base"]
+    means = {name: float(values.mean()) for name, values in columns.items()}
+    lo = float(np.percentile(diff, 2.5))
+    return {
+        "scorer": base.get("scorer"),
+        "n_prompts": len(ids),
+        "samples_per_prompt": {"base": base["settings"].get("samples_per_prompt"),
+                               "tuned": tuned["settings"].get("samples_per_prompt")},
+        "k": base["settings"].get("k"),
+        "bars": {name: {"mean": means[name], "ci95": _ci(draws[name])} for name in columns},
+        "tuned_minus_chosen": {"diff": means["tuned"] - means["chosen"], "ci95": [lo, float(np.percentile(diff, 97.5))],
+                               "p_not_above": float(np.mean(diff <= 0))},
+        "tuned_minus_base": {"diff": means["tuned"] - means["base"], "ci95": _ci(gain)},
+        "tuned_mean_above_chosen": means["tuned"] > means["chosen"],
+        "target_met": lo > 0,
+        "bootstrap": {"draws": n_bootstrap, "seed": seed, "paired_by": "prompt id"},
+        "warnings": warnings,
+    }
+
+
+def utility_chart(summary: dict, path: Path) -> None:
+    """Bars of base / rejected / chosen / tuned with their 95% CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["base", "rejected", "chosen", "tuned"]
+    bars = summary["bars"]
+    means = np.array([bars[n]["mean"] for n in names])
+    lo = means - np.array([bars[n]["ci95"][0] for n in names])
+    hi = np.array([bars[n]["ci95"][1] for n in names]) - means
+    labels = ["base student", "rejected\n(worst of k)", "chosen\n(best of k)", "tuned student"]
+    fig, ax = plt.subplots(figsize=(5.6, 3.8), dpi=120)
+    ax.bar(labels, means, color=["#8d99ae", "#e76f51", "#2a9d8f", "#264653"], yerr=[lo, hi], capsize=5)
+    d = summary["tuned_minus_chosen"]
+    ax.set_ylabel(f"mean {summary.get('scorer') or 'utility'} per answer")
+    ax.set_title(f"{summary.get('scorer') or 'utility'} on {summary['n_prompts']} held-out prompts\n"
+                 f"tuned - chosen {d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (95% CI)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
