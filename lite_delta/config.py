@@ -79,6 +79,12 @@ class Recipe(Strict):
             raise ValueError("train and evaluate need `student` (Hub id, model folder or GGUF reference)")
         if self.evaluate and self.evaluate.utility and self.pairing.mode != "by_score":
             raise ValueError("evaluate.utility measures the pairing scorer: it needs pairing.mode by_score")
+        if self.evaluate and self.evaluate.utility and \
+                self.evaluate.utility.samples_per_prompt < self.generation.samples_per_prompt:
+            raise ValueError(
+                "evaluate.utility.samples_per_prompt must be at least generation.samples_per_prompt: chosen and "
+                "rejected on held-out prompts are the best and worst of that many base samples, as pairing ranks them"
+            )
         return self
 
 

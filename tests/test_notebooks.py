@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import BENCHDATA
 from nbclient import NotebookClient
 
 from lite_delta.config import load_recipe
@@ -30,11 +31,11 @@ def smoke_overrides() -> list[str]:
     if recipe.train:
         overrides += ["train.max_steps=1", "train.batch_size=2", "train.grad_accum=1"]
     if recipe.evaluate and recipe.evaluate.utility:
-        overrides += ["evaluate.utility.prompts.n=2", "evaluate.utility.samples_per_prompt=1",
+        overrides += ["evaluate.utility.prompts.n=2", "evaluate.utility.samples_per_prompt=2",
                       "evaluate.utility.max_tokens=16"]
     if recipe.evaluate and recipe.evaluate.suite:
         overrides += ["evaluate.suite.tasks=[gsm8k]", "evaluate.suite.limit=2", "evaluate.suite.max_tokens=16",
-                      f"evaluate.suite.data_dir={REPO.parent / 'shared' / 'benchdata'}"]
+                      f"evaluate.suite.data_dir={BENCHDATA}"]
     return overrides
 
 

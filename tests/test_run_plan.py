@@ -27,37 +27,45 @@ def done(recipe, tmp_path, *names, status="done"):
 
 def test_fresh_run_runs_every_stage_the_recipe_has(tmp_path):
     recipe = load_recipe(default_recipe_path(), FULL)
-    assert actions(recipe, Manifest(tmp_path / "m.json", {})) == {
-        "generate": "run", "pair": "run", "train": "run", "evaluate": "absent", "report": "run"}
+    assert actions(recipe, Manifest(tmp_path / "m.json", {})) == dict.fromkeys(STAGES, "run")
+    bare = load_recipe(default_recipe_path(), ["train=null", "evaluate=null"])
+    assert actions(bare, Manifest(tmp_path / "m.json", {})) == {
+        "generate": "run", "pair": "run", "train": "absent", "evaluate": "absent", "report": "run"}
 
 
 def test_finished_stages_skip_and_an_interrupted_one_resumes(tmp_path):
     recipe = load_recipe(default_recipe_path(), FULL)
-    assert set(actions(recipe, done(recipe, tmp_path, "generate", "pair", "train", "report")).values()) == {
-        "skip", "absent"}
+    assert set(actions(recipe, done(recipe, tmp_path, *STAGES)).values()) == {"skip"}
     got = actions(recipe, done(recipe, tmp_path, "generate", "pair", "train", status="interrupted"))
-    assert got == {"generate": "skip", "pair": "skip", "train": "resume", "evaluate": "absent", "report": "run"}
+    assert got == {"generate": "skip", "pair": "skip", "train": "resume", "evaluate": "run", "report": "run"}
 
 
 def test_a_changed_setting_reruns_its_stage_and_the_ones_after(tmp_path):
     recipe = load_recipe(default_recipe_path(), FULL)
-    manifest = done(recipe, tmp_path, "generate", "pair", "train", "report")
+    manifest = done(recipe, tmp_path, *STAGES)
     changed = load_recipe(default_recipe_path(), FULL + ["pairing.min_margin=3"])
     assert actions(changed, manifest) == {
-        "generate": "skip", "pair": "rerun", "train": "rerun", "evaluate": "absent", "report": "rerun"}
+        "generate": "skip", "pair": "rerun", "train": "rerun", "evaluate": "rerun", "report": "rerun"}
     keys, new_keys = stage_keys(recipe), stage_keys(changed)
     assert keys["generate"] == new_keys["generate"] and keys["train"] != new_keys["train"]
 
 
 def test_from_and_until(tmp_path):
     recipe = load_recipe(default_recipe_path(), FULL)
-    manifest = done(recipe, tmp_path, "generate", "pair", "train", "report")
+    manifest = done(recipe, tmp_path, *STAGES)
     assert actions(recipe, manifest, from_stage="train") == {
-        "generate": "skip", "pair": "skip", "train": "rerun", "evaluate": "absent", "report": "rerun"}
+        "generate": "skip", "pair": "skip", "train": "rerun", "evaluate": "rerun", "report": "rerun"}
     assert actions(recipe, Manifest(tmp_path / "x.json", {}), until_stage="pair") == {
-        "generate": "run", "pair": "run", "train": "skip", "evaluate": "absent", "report": "skip"}
+        "generate": "run", "pair": "run", "train": "skip", "evaluate": "skip", "report": "skip"}
     with pytest.raises(LiteDeltaError, match="stage pair has not finished"):
         plan_stages(recipe, done(recipe, tmp_path, "generate"), from_stage="train", until_stage=None)
+
+
+def test_held_out_samples_must_cover_what_pairing_ranked(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--runs-dir", str(tmp_path), "--set", "evaluate.utility.samples_per_prompt=2"])
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert info.value.code == 2 and "evaluate.utility.samples_per_prompt must be at least" in err
 
 
 def test_overrides_set_nested_fields_and_name_bad_ones():
