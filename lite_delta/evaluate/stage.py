@@ -18,7 +18,7 @@ from pathlib import Path
 from lite_delta.errors import LiteDeltaError
 from lite_delta.evaluate import data
 from lite_delta.evaluate.tasks import SKIPPED, TASKS, Task, make_task
-from lite_delta.files import write_json
+from lite_delta.files import read_appended, write_json
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -75,26 +75,7 @@ def item_seed(seed: int, task: str, item_id: int, sample: int) -> int:
 
 def read_predictions(path: Path, *, repair: bool = True) -> dict[int, dict]:
     """Finished items by id; a torn last line (killed mid-write) is dropped (and cut off, with ``repair``)."""
-    if not path.is_file():
-        return {}
-    raw = path.read_bytes()
-    done: dict[int, dict] = {}
-    good = 0
-    for line in raw.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            record = json.loads(line)
-            done[int(record["id"])] = record
-        except (ValueError, KeyError, TypeError):
-            if raw[good + len(line):].strip():
-                raise LiteDeltaError(f"{path}: a corrupt line that is not the last one; fix or delete it") from None
-            break
-        good += len(line)
-    if repair and good < len(raw):
-        with open(path, "r+b") as f:
-            f.truncate(good)
-    return done
+    return read_appended(path, lambda record: int(record["id"]), repair=repair)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 
 from lite_delta.config import UtilityEvalConfig
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import write_json
+from lite_delta.files import read_appended, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +75,7 @@ class PerRowSampler:
 
 def read_samples(path: Path) -> dict[str, dict]:
     """Finished answers by key; a torn last line (killed mid-write) is cut off."""
-    if not path.is_file():
-        return {}
-    raw = path.read_bytes()
-    done: dict[str, dict] = {}
-    good = 0
-    for line in raw.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            record = json.loads(line)
-            done[record["key"]] = record
-        except (ValueError, KeyError, TypeError):
-            if raw[good + len(line):].strip():
-                raise LiteDeltaError(f"{path}: a corrupt line that is not the last one; fix or delete it") from None
-            break
-        good += len(line)
-    if good < len(raw):
-        with open(path, "r+b") as f:
-            f.truncate(good)
-    return done
+    return read_appended(path, lambda record: record["key"])
 
 
 def _check_settings(out: Path, settings: dict) -> None:
