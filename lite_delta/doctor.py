@@ -74,7 +74,7 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
         return True
@@ -107,7 +107,7 @@ def gather(runs_dir: Path = Path("runs")) -> Facts:
     for label, folder in (("runs", runs_dir), ("Hub cache", Path(constants.HF_HUB_CACHE))):
         facts.disk_free_gb[label] = shutil.disk_usage(_existing_parent(folder)).free / GB
     facts.hub_offline = bool(constants.HF_HUB_OFFLINE)
-    facts.hub_reachable = None if facts.hub_offline else _hub_reachable()
+    facts.hub_reachable = None if facts.hub_offline else hub_reachable()
     return facts
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-import socket
 from pathlib import Path
 
 from rich.console import Console
@@ -27,14 +26,13 @@ CPU_GEN_TOK_S_135M = 130.0
 CPU_TRAIN_S_PER_PAIR_135M = 3.3
 
 
-def hub_reachable(timeout: float = 2.0) -> bool:
+def hub_online() -> bool:
+    """Reachable and not switched off with HF_HUB_OFFLINE (a quick socket check, no Hub retries)."""
+    from lite_delta.doctor import hub_reachable
+
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return hub_reachable(timeout=2.0)
 
 
 def describe_model(ref: str, online: bool) -> tuple[str, float | None]:
@@ -90,18 +88,14 @@ def count_prompts(recipe: Recipe) -> tuple[int | None, str]:
 
 
 def student_shapes(ref: str, online: bool):
-    from lite_delta.train.plan import load_shapes, shapes_from_config
-    from lite_delta.train.student import is_gguf_reference
-
-    if online or is_gguf_reference(ref) or Path(ref).exists():
-        return load_shapes(ref)
-    import json
-
-    from huggingface_hub import hf_hub_download
+    """The planner's shapes; offline, a Hub id is read from the cache only (None when not cached)."""
+    from lite_delta.train.plan import load_shapes
 
     try:
-        return shapes_from_config(json.loads(Path(hf_hub_download(ref, "config.json", local_files_only=True)).read_text()))
-    except Exception:  # noqa: BLE001 — not cached: no estimate offline
+        return load_shapes(ref, local_only=not online)
+    except LiteDeltaError:
+        if online:
+            raise
         return None
 
 
@@ -121,7 +115,7 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
     import torch
 
     console = console or Console()
-    online = hub_reachable()
+    online = hub_online()
     cuda = torch.cuda.is_available()
     facts: dict = {"run_dir": str(run_dir), "hub": "reachable" if online else "offline"}
     console.print(f"[bold]Plan for {recipe.name}[/bold] → {run_dir}  (Hub {facts['hub']}; nothing is downloaded)")

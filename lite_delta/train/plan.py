@@ -140,8 +140,9 @@ def shapes_from_gguf(path: Path) -> Shapes:
         raise LiteDeltaError(f"{path.name} lacks the {arch}.* shape keys the planner needs") from None
 
 
-def load_shapes(ref: str) -> Shapes:
-    """Shapes from a folder's config.json, a GGUF's metadata, or a Hub id's config.json (that file only)."""
+def load_shapes(ref: str, *, local_only: bool = False) -> Shapes:
+    """Shapes from a folder's config.json, a GGUF's metadata, or a Hub id's config.json (that file only;
+    with ``local_only``, from the cache without asking the Hub)."""
     from lite_delta.train.student import HUB_ID, is_gguf_reference
 
     if is_gguf_reference(ref):
@@ -160,7 +161,7 @@ def load_shapes(ref: str) -> Shapes:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return shapes_from_config(_read_json(Path(hf_hub_download(ref, "config.json"))))
+        return shapes_from_config(_read_json(Path(hf_hub_download(ref, "config.json", local_files_only=local_only))))
     except LocalEntryNotFoundError:
         raise LiteDeltaError(
             f"{ref}/config.json is not in the local cache and the Hub cannot be reached: "
