@@ -11,7 +11,8 @@ from pathlib import Path
 
 import llama_cpp
 
-from lite_delta.generate.engine import (
+from lite_delta.files import writable_file
+from lite_delta.inference.engine import (
     BatchedEngine,
     GGUFModel,
     Request,
@@ -20,7 +21,7 @@ from lite_delta.generate.engine import (
     default_threads,
     gpu_offload_available,
 )
-from lite_delta.models import resolve_model
+from lite_delta.models.refs import resolve_model
 from lite_delta.prompts import load_prompts
 
 
@@ -62,6 +63,8 @@ def bench_generate(
     out: Path | None = None,
 ) -> dict:
     """Tokens/s of both engines on the same greedy, fixed-length requests (end tokens ignored)."""
+    if out is not None:
+        writable_file(out, "--out")  # checked before minutes of decoding, not after
     path = resolve_model(model_ref)
     model = GGUFModel(path)
     prompts, _ = load_prompts("builtin:demo", sample="first")

@@ -29,12 +29,12 @@ def run(
     recipe: Optional[Path] = typer.Argument(None, help="recipe YAML; the offline demo when omitted"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="runs are written to RUNS_DIR/NAME"),
     from_stage: Optional[str] = typer.Option(None, "--from", help="rerun from this stage: generate, pair, train, "
-                                             "evaluate, report"),
+                                             "export, evaluate, report"),
     until_stage: Optional[str] = typer.Option(None, "--until", help="stop after this stage"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (models, sizes, steps, VRAM, ETA) only"),
     overrides: list[str] = typer.Option([], "--set", help="override a recipe field: KEY=VALUE, e.g. train.max_steps=20"),
 ) -> None:
-    """Run a recipe end to end into runs/NAME: generate -> pair -> train -> evaluate -> report.
+    """Run a recipe end to end into runs/NAME: generate -> pair -> train -> export -> evaluate -> report.
 
     Finished stages are skipped, an interrupted one resumes, and a changed setting reruns its stage
     and the ones after it (see runs/NAME/manifest.json)."""
@@ -150,6 +150,25 @@ def train(
     console.print(f"[green]done[/green]: {path / 'adapter'}")
 
 
+@app.command("export")
+def export_(
+    adapter: Path = typer.Option(..., help="PEFT LoRA adapter folder (the adapter/ that `lite-delta train` wrote)"),
+    base: str = typer.Option(..., help="GGUF of the model the adapter was trained on: path, hf://..., pkg://..."),
+    out: Path = typer.Option(..., help="output folder: adapter.gguf, merged-*.gguf, Modelfile, README.md"),
+    quant: str = typer.Option("Q4_K_M", help="llama.cpp quant of the merged model (Q4_K_M, Q5_K_M, Q8_0, ...)"),
+    merge: bool = typer.Option(True, "--merge/--no-merge", help="also write the merged model (F16, then QUANT)"),
+    prompt: Optional[str] = typer.Option(None, help="prompt that base and tuned answer as a check ('' to skip)"),
+) -> None:
+    """Export a LoRA adapter for llama.cpp and Ollama: GGUF adapter, merged GGUF, Modelfile and commands."""
+    from lite_delta.models.export import DEFAULT_PROMPT, export
+
+    result = export(adapter, base, out, quant=quant, merge=merge, prompt=DEFAULT_PROMPT if prompt is None else prompt)
+    for label in ("base", "tuned", "merged"):
+        if result["sample"] and label in result["sample"]:
+            print(f"--- {label}:\n{result['sample'][label].strip()}")
+    console.print(f"[green]done[/green]: {result['readme']}")
+
+
 @app.command()
 def plan(
     student: str = typer.Option(..., help="Hub id, folder with config.json, or GGUF reference (no weights read)"),
@@ -204,14 +223,40 @@ def bench_generate(
     )
 
 
+@bench_app.command("train")
+def bench_train(
+    student: str = typer.Option(..., help="Hub id, model folder, or GGUF reference"),
+    max_length: list[int] = typer.Option(..., "--max-length", min=16, help="tokens per side of each pair (repeatable)"),
+    batch: list[int] = typer.Option([1], "--batch", min=1, help="pairs per step (repeatable)"),
+    backend: str = typer.Option("auto", help="auto | unsloth | peft | both (each in its own process)"),
+    steps: int = typer.Option(3, min=1, help="timed DPO steps per setting"),
+    warmup: int = typer.Option(1, min=0, help="untimed steps first"),
+    lora_r: int = typer.Option(16, "--lora-r", min=1, help="LoRA rank"),
+    precompute_ref: bool = typer.Option(False, "--precompute-ref", help="reference log-probs once, up front"),
+    out: Optional[Path] = typer.Option(None, help="write the figures as JSON here (after every setting)"),
+    timeout_s: Optional[float] = typer.Option(None, "--timeout-s", min=1, help="--backend both: seconds for both "
+                                              "(split between the backends still to run)"),
+) -> None:
+    """K DPO steps on exact-length synthetic pairs: tokens/s, s/step, peak GPU memory vs the planner."""
+    from lite_delta.train.bench import bench_train as run_bench, summary_lines
+
+    if backend not in ("auto", "unsloth", "peft", "both"):
+        raise LiteDeltaError(f"--backend must be auto, unsloth, peft or both, not {backend!r}")
+    result = run_bench(student, max_lengths=list(max_length), batches=list(batch), backend=backend, steps=steps,
+                       warmup=warmup, lora_r=lora_r, precompute_ref_log_probs=precompute_ref, out=out,
+                       timeout_s=timeout_s)
+    for line in summary_lines(result):
+        print(line)
+
+
 @app.command("eval")
 def eval_(
     model: str = typer.Option(..., help="GGUF reference (llama.cpp), Hub id or model folder (transformers)"),
     out: Path = typer.Option(..., help="output folder: results.json, <task>/predictions.jsonl; rerun to resume"),
     tasks: str = typer.Option("gsm8k,math500,mmlu,ifeval,bbh,truthfulqa,humaneval,drop,popqa",
                               help="comma-separated tasks"),
-    adapter: Optional[Path] = typer.Option(None, help="PEFT LoRA adapter folder (transformers engine)"),
-    engine: str = typer.Option("auto", help="auto | llama.cpp | transformers (auto: llama.cpp for GGUF)"),
+    adapter: Optional[Path] = typer.Option(None, help="LoRA adapter: a PEFT folder (both engines; exported to GGUF for llama.cpp) or a GGUF adapter (llama.cpp)"),
+    engine: str = typer.Option("auto", help="auto | llama.cpp | transformers (auto: llama.cpp for a GGUF model, with or without an adapter)"),
     limit: Optional[int] = typer.Option(None, min=1, help="items per task (reduced subset)"),
     subset: str = typer.Option("stratified", help="stratified (by subject/config) | first"),
     seed: int = typer.Option(0, help="subset and sampling seed"),
@@ -253,6 +298,8 @@ def score(
 
     summary = score_file(task, predictions, data_dir=data_dir, out=out)
     print(f"{summary['task']}: {100 * summary['score']:.1f} ({summary.get('primary') or summary['metric']}, n={summary['n']})")
+    if summary.get("excluded"):
+        print(f"left out {summary['excluded']} predictions: {'; '.join(summary['excluded_reasons'])}")
     console.print(f"[green]done[/green]: {summary['out']}")
 
 

@@ -55,6 +55,14 @@ class PairingConfig(Strict):
     max_length: int | None = Field(2048, gt=0, description="prompt+answer tokens per side")
 
 
+class ExportConfig(Strict):
+    """The tuned student back into llama.cpp and Ollama: a GGUF LoRA adapter, a merged quantized GGUF, a Modelfile."""
+
+    enabled: bool = Field(True, description="runs where the student is a GGUF (or `student_gguf` names one)")
+    merge: bool = Field(True, description="also fold the adapter into the base and quantize that")
+    quant: str = Field("Q4_K_M", description="llama.cpp quant type of the merged GGUF (Q4_K_M, Q5_K_M, Q8_0, F16...)")
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     prompts: PromptsConfig
@@ -62,8 +70,18 @@ class Recipe(Strict):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
     student: str | None = Field(None, description="the model DPO trains: Hub id, model folder or GGUF reference")
+    student_gguf: str | None = Field(
+        None, description="a GGUF of the same base as a Hub student: export and llama.cpp evaluation use it")
     train: TrainSettings | None = None
+    export: ExportConfig = Field(default_factory=ExportConfig)
     evaluate: EvaluateConfig | None = None
+
+    def student_gguf_ref(self) -> str | None:
+        """The student as a GGUF llama.cpp loads: the student itself, or `student_gguf`."""
+        s = self.student or ""
+        if s.startswith(("pkg://", "hf://")) or s.lower().endswith(".gguf"):
+            return s
+        return self.student_gguf
 
     @model_validator(mode="after")
     def _teachers_match_mode(self) -> "Recipe":
@@ -217,6 +235,9 @@ class UtilityEvalConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(200, gt=0)
     seed: int = 1
+    engine: Literal["auto", "llama.cpp", "transformers"] = Field(
+        "auto", description="auto: llama.cpp's batched engine for a GGUF student (its adapter as a GGUF LoRA)")
+    parallel: int = Field(16, gt=0, description="sequences decoded together (llama.cpp)")
     batch_size: int = Field(16, gt=0, description="prompts generated together (transformers)")
 
 

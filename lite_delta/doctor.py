@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lite_delta.files import writable_dir
 from lite_delta.precision import resolve_precision
 
 Status = Literal["ok", "warning", "problem"]
@@ -190,6 +191,7 @@ def _unsloth_check(f: Facts) -> Check:
 
 def doctor(runs_dir: Path = Path("runs")) -> tuple[list[Check], int]:
     """All checks and the exit code: 1 when something blocks a run, else 0."""
+    writable_dir(runs_dir, "--runs-dir", create=False)  # a doctor run creates nothing
     checks = judge(gather(runs_dir))
     return checks, int(any(c.status == "problem" for c in checks))
 

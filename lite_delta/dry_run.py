@@ -37,7 +37,7 @@ def hub_online() -> bool:
 
 def describe_model(ref: str, online: bool) -> tuple[str, float | None]:
     """(where it is, size in GiB or None) for a GGUF reference or a Hub model id — never downloads."""
-    from lite_delta.models import resolve_model
+    from lite_delta.models.refs import resolve_model
 
     if ref.startswith("hf://"):
         parts = ref.removeprefix("hf://").split("/")

@@ -1,14 +1,58 @@
-"""Files that survive a crash: atomic writes (the old file or the new one, never half of one) and
-append-only JSONL records read back with a torn last line cut off."""
+"""Files that survive a crash: atomic writes (the old file or the new one, never half of one),
+append-only JSONL records read back with a torn last line cut off, and output folders checked
+before a stage starts its work."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from lite_delta.errors import LiteDeltaError
+
+
+def writable_dir(path: str | Path, option: str, *, create: bool = True) -> Path:
+    """``path`` as a folder this process can write, created (with its parents) unless ``create`` is
+    false; otherwise one LiteDeltaError naming ``option`` and the path. Writing is tried, not
+    inferred from permission bits: root passes ``os.access`` on read-only places such as /proc and /sys."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise LiteDeltaError(f"{option} {path} is a file, not a folder: give a folder path (it is created if missing)")
+    _check_folder(path, f"{option} {path}", create)
+    return path
+
+
+def writable_file(path: str | Path, option: str) -> Path:
+    """``path`` as a file this process can write (its folder created); one LiteDeltaError otherwise."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise LiteDeltaError(f"{option} {path} is a folder: give a file path")
+    _check_folder(path.parent, f"{option} {path}", True)
+    return path
+
+
+def _check_folder(folder: Path, what: str, create: bool) -> None:
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # where missing folders would go
+    if not existing.is_dir():
+        raise LiteDeltaError(f"{what}: {existing} is a file, so no folder can be made under it")
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LiteDeltaError(f"{what}: the folder {folder} cannot be created ({_reason(exc)})") from None
+    probe = folder if create else existing
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".lite-delta-write-test-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise LiteDeltaError(f"{what}: cannot write in {probe} ({_reason(exc)})") from None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 def write_text(path: Path, text: str) -> None:

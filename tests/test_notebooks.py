@@ -93,6 +93,20 @@ def test_notebook_runs_the_demo_end_to_end(name, runs_dir, kernel_name):
     figures = sorted((run_dir / "figures").glob("*.png"))
     if load_recipe(DEMO).train:
         assert figures, "a run that trains draws its curves into figures/"
+    # The demo's student is a GGUF: the export stage puts the tuned student back into llama.cpp / Ollama,
+    # and the held-out utility of base and tuned is sampled there (the tuned one as base + GGUF LoRA).
+    export = run_dir / "export"
+    for name in ("adapter.gguf", "merged-f16.gguf", "merged-Q4_K_M.gguf", "Modelfile", "README.md", "export.json"):
+        assert (export / name).is_file(), name
+    sample = json.loads((export / "export.json").read_text())["sample"]
+    assert sample["base"] and sample["tuned"] and sample["merged"]
+    report = (run_dir / "report.md").read_text()
+    assert "## The tuned student in llama.cpp and Ollama" in report and "ollama create" in report
+    assert "llama-server -m" in report and "--lora adapter.gguf" in report and sample["prompt"] in report
+    for side in ("base", "tuned"):
+        utility = json.loads((run_dir / "evaluate" / "utility" / side / "utility.json").read_text())
+        assert utility["settings"]["engine"] == "llama.cpp"
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"]["export"]["status"] == "done"
     # The report cell showed the report inline: its Markdown and every figure.
     report_cell = next(c for c in nb.cells if c.cell_type == "code" and "report.md" in c.source)
     shown = [out for out in report_cell.outputs if out.output_type == "display_data"]

@@ -7,13 +7,13 @@ import json
 import pytest
 
 from lite_delta.cli import main
-from lite_delta.generate.store import read_completions
+from lite_delta.completions import read_completions
 
 
 @pytest.fixture(scope="module")
 def tiny_teachers(tmp_path_factory, smollm2_gguf):
     """Two tiny random 'teachers' with different weights (the stronger/weaker roles are nominal)."""
-    from lite_delta.random_gguf import quantize, write_random_gguf
+    from lite_delta.models.random_gguf import quantize, write_random_gguf
 
     folder = tmp_path_factory.mktemp("teachers")
     a = quantize(write_random_gguf(folder / "a.gguf", tokenizer_from=smollm2_gguf, seed=1), folder / "a-q8.gguf")

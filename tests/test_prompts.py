@@ -258,13 +258,29 @@ def test_row_without_the_column_names_the_line(tmp_path):
         ([{"role": "bot", "content": "x"}], "line 2, field 'messages' message 1 has role 'bot'"),
         ([user("x"), {"role": "assistant", "content": 5}], "line 2, field 'messages' message 2 .* string 'content'"),
         (["just a string"], "line 2, field 'messages' message 1 must be an object"),
-        ({"role": "user", "content": "x"}, "line 2, field 'messages' must be a string or a list"),
+        ({"role": "user", "content": "x"}, "line 2, field 'messages' must be a list of .*messages, not dict"),
     ],
 )
 def test_bad_message_row_names_row_and_field(tmp_path, bad, expected):
     source = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [user("fine")]}, {"messages": bad}])
     with pytest.raises(LiteDeltaError, match=f"bad.jsonl {expected}"):
         load_prompts(source)
+
+
+@pytest.mark.parametrize("column", ["messages", "chosen", "conversations"])
+@pytest.mark.parametrize("text", ["hello", ""])
+def test_string_in_a_conversation_column_is_refused_naming_the_row(tmp_path, column, text):
+    # {"messages": "hello"} used to pass as a one-turn prompt; HH-style "chosen" strings hold the answer too
+    source = write_jsonl(tmp_path / "s.jsonl", [{column: [user("fine")]}, {column: text}])
+    with pytest.raises(LiteDeltaError, match=f"s.jsonl line 2, field '{column}' must be a list of .*messages, "
+                                             "not str; put a plain-text prompt in a 'prompt' field"):
+        load_prompts(source)
+
+
+def test_string_in_a_prompt_column_is_one_user_turn(tmp_path):
+    for column in ("prompt", "instruction", "question"):
+        source = write_jsonl(tmp_path / f"{column}.jsonl", [{column: "hello"}])
+        assert load_prompts(source)[0][0].messages == (user("hello"),)
 
 
 def test_bad_row_in_json_names_row_number(tmp_path):

@@ -30,14 +30,20 @@ def test_fresh_run_runs_every_stage_the_recipe_has(tmp_path):
     assert actions(recipe, Manifest(tmp_path / "m.json", {})) == dict.fromkeys(STAGES, "run")
     bare = load_recipe(default_recipe_path(), ["train=null", "evaluate=null"])
     assert actions(bare, Manifest(tmp_path / "m.json", {})) == {
-        "generate": "run", "pair": "run", "train": "absent", "evaluate": "absent", "report": "run"}
+        "generate": "run", "pair": "run", "train": "absent", "export": "absent", "evaluate": "absent",
+        "report": "run"}
+    hub = load_recipe(default_recipe_path(), ["student=HuggingFaceTB/SmolLM2-135M-Instruct"])
+    assert actions(hub, Manifest(tmp_path / "m.json", {}))["export"] == "absent"  # no GGUF to put the adapter on
+    off = load_recipe(default_recipe_path(), ["export.enabled=false"])
+    assert actions(off, Manifest(tmp_path / "m.json", {}))["export"] == "absent"
 
 
 def test_finished_stages_skip_and_an_interrupted_one_resumes(tmp_path):
     recipe = load_recipe(default_recipe_path(), FULL)
     assert set(actions(recipe, done(recipe, tmp_path, *STAGES)).values()) == {"skip"}
     got = actions(recipe, done(recipe, tmp_path, "generate", "pair", "train", status="interrupted"))
-    assert got == {"generate": "skip", "pair": "skip", "train": "resume", "evaluate": "run", "report": "run"}
+    assert got == {"generate": "skip", "pair": "skip", "train": "resume", "export": "run", "evaluate": "run",
+                   "report": "run"}
 
 
 def test_a_changed_setting_reruns_its_stage_and_the_ones_after(tmp_path):
@@ -45,7 +51,8 @@ def test_a_changed_setting_reruns_its_stage_and_the_ones_after(tmp_path):
     manifest = done(recipe, tmp_path, *STAGES)
     changed = load_recipe(default_recipe_path(), FULL + ["pairing.min_margin=3"])
     assert actions(changed, manifest) == {
-        "generate": "skip", "pair": "rerun", "train": "rerun", "evaluate": "rerun", "report": "rerun"}
+        "generate": "skip", "pair": "rerun", "train": "rerun", "export": "rerun", "evaluate": "rerun",
+        "report": "rerun"}
     keys, new_keys = stage_keys(recipe), stage_keys(changed)
     assert keys["generate"] == new_keys["generate"] and keys["train"] != new_keys["train"]
 
@@ -54,9 +61,10 @@ def test_from_and_until(tmp_path):
     recipe = load_recipe(default_recipe_path(), FULL)
     manifest = done(recipe, tmp_path, *STAGES)
     assert actions(recipe, manifest, from_stage="train") == {
-        "generate": "skip", "pair": "skip", "train": "rerun", "evaluate": "rerun", "report": "rerun"}
+        "generate": "skip", "pair": "skip", "train": "rerun", "export": "rerun", "evaluate": "rerun",
+        "report": "rerun"}
     assert actions(recipe, Manifest(tmp_path / "x.json", {}), until_stage="pair") == {
-        "generate": "run", "pair": "run", "train": "skip", "evaluate": "skip", "report": "skip"}
+        "generate": "run", "pair": "run", "train": "skip", "export": "skip", "evaluate": "skip", "report": "skip"}
     with pytest.raises(LiteDeltaError, match="stage pair has not finished"):
         plan_stages(recipe, done(recipe, tmp_path, "generate"), from_stage="train", until_stage=None)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from lite_delta.errors import LiteDeltaError
 from lite_delta.evaluate.stage import PREDICTIONS_FILE, RESULTS_FILE, read_predictions
-from lite_delta.files import write_json, write_text
+from lite_delta.files import writable_dir, write_json, write_text
 
 N_BOOTSTRAP = 10_000
 
@@ -48,6 +48,7 @@ def _draws(n: int, groups: np.ndarray | None, rng: np.random.Generator, b: int) 
 
 
 def compare(base_dir: Path, tuned_dir: Path, out: Path, *, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    writable_dir(out, "--out", create=False)
     base, tuned = _load(base_dir), _load(tuned_dir)
     common = [t for t in base.get("tasks", {}) if t in tuned.get("tasks", {})]
     if not common:

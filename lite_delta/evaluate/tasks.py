@@ -134,6 +134,9 @@ class MMLU(Task):
 
 
 class IFEval(Task):
+    def settings(self):
+        return {**super().settings(), "seeded_random": seeded_random_note(self.rows)}
+
     def excluded(self, rows):
         if scorers.punkt_available():
             return {}
@@ -154,6 +157,14 @@ class IFEval(Task):
         return {"score": _mean(r["score"] for r in records),
                 "prompt_level_strict": _mean(float(r["prompt_strict"]) for r in records),
                 "inst_level_loose": _mean(map(float, inst))}
+
+
+def seeded_random_note(rows: list[dict]) -> dict:
+    """What results.json says about IFEval rows whose lm-eval checkers draw random arguments."""
+    return {"rows": scorers.ifeval_random_rows(rows),
+            "how": "keys of rows whose checkers draw from Python's random (e.g. keywords:letter_frequency with a "
+                   "letter outside a-z); every row is scored with random seeded from its key, so these score the "
+                   "same in every run"}
 
 
 class BBH(Task):

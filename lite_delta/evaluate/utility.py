@@ -1,7 +1,8 @@
 """The demo's measure: the pairing utility (e.g. list items) of the student's answers to held-out prompts.
 
-Base and tuned student are sampled by the same engine (transformers; the tuned one is the base plus its
-LoRA adapter), with the same prompts, chat template, settings and seeds, so their means compare fairly.
+Base and tuned student are sampled by the same engine (llama.cpp's batched engine for a GGUF student, the
+tuned one with its LoRA exported to a GGUF adapter; or transformers with the PEFT adapter), with the same
+prompts, chat template, settings and seeds, so their means compare fairly.
 From the base samples come two more bars: per prompt the best of k samples (what pairing would pick as
 *chosen*) and the worst (*rejected*). ``compare_utility`` puts the four side by side with bootstrap CIs
 over prompts and asks the demo's question: is the tuned student above the chosen answers?
@@ -28,7 +29,7 @@ RESULT_FILE = "utility.json"
 N_BOOTSTRAP = 10_000
 # Settings that make an answer what it is: a rerun into the same folder must match them.
 CHECKED_FIELDS = ("prompts", "temperature", "top_p", "max_tokens", "seed", "model", "adapter_sha256",
-                  "chat_template_sha256", "precision")
+                  "chat_template_sha256", "precision", "engine")
 
 
 def item_seed(seed: int, prompt_id: str, sample: int) -> int:
@@ -100,7 +101,30 @@ def _check_settings(out: Path, settings: dict) -> None:
         )
 
 
+def _open_engine(cfg: UtilityEvalConfig, student: str, adapter: Path | None, cache_dir: Path):
+    """llama.cpp's batched engine for a GGUF student (the adapter attached as a GGUF LoRA), else transformers."""
+    from lite_delta.evaluate.engines import LlamaCppEngine, TransformersEngine
+    from lite_delta.models.student import is_gguf_reference
+
+    engine = cfg.engine
+    if engine == "auto":
+        engine = "llama.cpp" if is_gguf_reference(student) or student.startswith("hf://") else "transformers"
+    if engine == "llama.cpp":
+        return LlamaCppEngine(student, adapter=adapter, cache_dir=cache_dir, parallel=cfg.parallel)
+    if is_gguf_reference(student):
+        from lite_delta.models.student import prepare_student
+
+        student = prepare_student(student, cache_dir)
+    engine = TransformersEngine(student, adapter=adapter, cache_dir=cache_dir, batch_size=cfg.batch_size)
+    if adapter is not None and engine.precision == "fp32":
+        # the same function up to rounding, without LoRA's extra small matmuls in every layer (several x slower)
+        engine.model = engine.model.merge_and_unload().eval()
+    return engine
+
+
 def _prompt_tokens(engine, prompt) -> list[int]:
+    if engine.name == "llama.cpp":
+        return engine.model.tokenize_prompt(engine.model.render(list(prompt.messages)))
     text = engine.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
     return engine._encode(text)
 
@@ -118,31 +142,26 @@ def utility_eval(
 ) -> dict:
     """Sample ``samples_per_prompt`` answers per held-out prompt, score them, write ``out/utility.json``.
 
-    ``k``: the samples per prompt that pairing ranked (best/worst of k); default ``samples_per_prompt``.
-    With more samples than k, best- and worst-of-k are averaged over consecutive blocks of k samples.
-    ``cache_dir``: where a GGUF student is converted once (default ``out/model``).
+    ``student``: a GGUF reference (llama.cpp's batched engine; ``adapter`` a PEFT folder exported to a GGUF
+    LoRA once, or a GGUF adapter), or what transformers loads (``cfg.engine`` chooses; auto: llama.cpp for
+    a GGUF). ``k``: the samples per prompt that pairing ranked (best/worst of k); default
+    ``samples_per_prompt``. With more samples than k, best- and worst-of-k are averaged over consecutive
+    blocks of k samples. ``cache_dir``: where a GGUF student is converted or an adapter exported once
+    (default ``out/model``).
     """
-    import torch
-
-    from lite_delta.evaluate.engines import TransformersEngine
-    from lite_delta.generate.stage import progress_bar
-    from lite_delta.pairs.pairing import _checked
-    from lite_delta.pairs.scorers import get_scorer
+    from lite_delta.progress import progress_bar
     from lite_delta.prompts import load_prompts
+    from lite_delta.utility_scorers import checked_scorer, get_scorer
 
     k = k or cfg.samples_per_prompt
     if k < 1 or k > cfg.samples_per_prompt:
         raise LiteDeltaError(f"best/worst of k needs 1 <= k <= samples_per_prompt ({cfg.samples_per_prompt}), not {k}")
-    score = _checked(get_scorer(scorer), scorer)
+    score = checked_scorer(get_scorer(scorer), scorer)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     p = cfg.prompts
     prompts, prompt_stats = load_prompts(p.source, column=p.column, split=p.split, n=p.n, sample=p.sample, seed=p.seed)
-    engine = TransformersEngine(student, adapter=adapter, cache_dir=Path(cache_dir or out / "model"),
-                                batch_size=cfg.batch_size)
-    if adapter is not None and engine.precision == "fp32":
-        # the same function up to rounding, without LoRA's extra small matmuls in every layer (several x slower)
-        engine.model = engine.model.merge_and_unload().eval()
+    engine = _open_engine(cfg, student, adapter, Path(cache_dir or out / "model"))
     settings = {
         **cfg.model_dump(mode="json"),
         **{key: engine.identity[key] for key in ("model", "adapter", "adapter_sha256", "precision",
@@ -166,49 +185,26 @@ def utility_eval(
     for sample in range(cfg.samples_per_prompt):
         for prompt in kept:
             items.append((f"{prompt.prompt_id}:{sample}", prompt, sample, item_seed(cfg.seed, prompt.prompt_id, sample)))
-    batches = [items[i : i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
 
     path = out / SAMPLES_FILE
     done = read_samples(path)
     write_json(out / RESULT_FILE, {"status": "running", "settings": settings})
-    tokenizer, model = engine.tokenizer, engine.model
-    pad = tokenizer.pad_token_id
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos])
+    sample_fn = _sample_llama if engine.name == "llama.cpp" else _sample_transformers
     started, new_tokens = time.perf_counter(), 0
     with progress_bar(disable=not progress) as bar, open(path, "a", encoding="utf-8") as sink:
         label = "utility " + ("tuned" if adapter else "base")
         task = bar.add_task(label, total=len(items), completed=sum(1 for it in items if it[0] in done), rate="")
-        for batch in batches:
-            todo = [it for it in batch if it[0] not in done]
-            if not todo:
-                continue
-            width = max(len(encoded[it[1].prompt_id]) for it in todo)
-            ids = [[pad] * (width - len(encoded[it[1].prompt_id])) + encoded[it[1].prompt_id] for it in todo]
-            mask = [[0] * (width - len(encoded[it[1].prompt_id])) + [1] * len(encoded[it[1].prompt_id]) for it in todo]
-            sampler = PerRowSampler([it[3] for it in todo], cfg.temperature, cfg.top_p)
-            with torch.no_grad():
-                generated = model.generate(
-                    input_ids=torch.tensor(ids, device=model.device),
-                    attention_mask=torch.tensor(mask, device=model.device),
-                    max_new_tokens=cfg.max_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                    logits_processor=[sampler], pad_token_id=pad,
-                )
-            for (key, prompt, sample, seed), row in zip(todo, generated[:, width:].tolist()):
-                end = next((i for i, t in enumerate(row) if t in eos), None)
-                tokens = row if end is None else row[:end]
-                text = tokenizer.decode(tokens, skip_special_tokens=True)
-                record = {
-                    "key": key, "prompt_id": prompt.prompt_id, "index": prompt.index, "sample": sample, "seed": seed,
-                    "completion": text, "finish_reason": "stop" if end is not None else "length",
-                    "completion_tokens": len(tokens), "score": score(text),
-                }
-                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-                done[key] = record
-                new_tokens += len(tokens)
+        for (key, prompt, sample, seed), text, finish, n_tokens in sample_fn(engine, cfg, items, encoded, done):
+            record = {
+                "key": key, "prompt_id": prompt.prompt_id, "index": prompt.index, "sample": sample, "seed": seed,
+                "completion": text, "finish_reason": finish, "completion_tokens": n_tokens, "score": score(text),
+            }
+            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
             sink.flush()
+            done[key] = record
+            new_tokens += n_tokens
             elapsed = time.perf_counter() - started
-            bar.update(task, advance=len(todo), rate=f"{new_tokens / elapsed:,.0f} tok/s")
+            bar.update(task, advance=1, rate=f"{new_tokens / elapsed:,.0f} tok/s")
     engine.close()
 
     per_prompt = {}
@@ -233,6 +229,57 @@ def utility_eval(
     }
     write_json(out / RESULT_FILE, result)
     return result
+
+
+def _sample_llama(engine, cfg: UtilityEvalConfig, items: list, encoded: dict, done: dict):
+    """Every unfinished item through llama.cpp's batched engine; each (prompt, sample) has its own seed,
+    and the engine's batch shapes do not depend on the other sequences, so a resume gives the same answers."""
+    from lite_delta.inference.engine import BatchedEngine, Request, SamplingParams, round_up
+
+    todo = {it[0]: it for it in items if it[0] not in done}
+    if not todo:
+        return
+    requests = [Request(key, encoded[it[1].prompt_id], it[3] & 0x7FFFFFFF) for key, it in todo.items()]
+    n_ctx = round_up(max(len(r.tokens) for r in requests) + cfg.max_tokens)
+    runner = BatchedEngine(engine.model, slots=min(cfg.parallel, len(requests)), n_ctx_per_seq=n_ctx,
+                           adapter=engine.adapter)
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+    try:
+        for completion in runner.generate(requests, params):
+            yield (todo[completion.request.key], completion.text, completion.finish_reason,
+                   len(completion.token_ids))
+    finally:
+        runner.close()
+
+
+def _sample_transformers(engine, cfg: UtilityEvalConfig, items: list, encoded: dict, done: dict):
+    """Batches cut from the full, fixed item order (so a resume forms the same batches), each row sampled
+    with its own generator (PerRowSampler)."""
+    import torch
+
+    tokenizer, model = engine.tokenizer, engine.model
+    pad = tokenizer.pad_token_id
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    for start in range(0, len(items), cfg.batch_size):
+        todo = [it for it in items[start : start + cfg.batch_size] if it[0] not in done]
+        if not todo:
+            continue
+        width = max(len(encoded[it[1].prompt_id]) for it in todo)
+        ids = [[pad] * (width - len(encoded[it[1].prompt_id])) + encoded[it[1].prompt_id] for it in todo]
+        mask = [[0] * (width - len(encoded[it[1].prompt_id])) + [1] * len(encoded[it[1].prompt_id]) for it in todo]
+        sampler = PerRowSampler([it[3] for it in todo], cfg.temperature, cfg.top_p)
+        with torch.no_grad():
+            generated = model.generate(
+                input_ids=torch.tensor(ids, device=model.device),
+                attention_mask=torch.tensor(mask, device=model.device),
+                max_new_tokens=cfg.max_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                logits_processor=[sampler], pad_token_id=pad,
+            )
+        for item, row in zip(todo, generated[:, width:].tolist()):
+            end = next((i for i, t in enumerate(row) if t in eos), None)
+            tokens = row if end is None else row[:end]
+            yield item, tokenizer.decode(tokens, skip_special_tokens=True), "stop" if end is not None else "length", len(tokens)
 
 
 def _bootstrap_means(values: np.ndarray, rng: np.random.Generator, b: int = N_BOOTSTRAP) -> np.ndarray:

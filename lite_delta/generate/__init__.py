@@ -2,7 +2,7 @@
 
 
 def __getattr__(name):
-    # Lazy, so that `lite_delta.generate.store` can be used without loading llama.cpp.
+    # Lazy, so that importing the package does not load llama.cpp.
     if name == "generate":
         from lite_delta.generate.stage import generate
 

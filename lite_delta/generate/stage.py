@@ -9,13 +9,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import llama_cpp
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lite_delta.config import GenerateConfig
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import write_json
-from lite_delta.generate.engine import (
+from lite_delta.files import writable_dir, write_json
+from lite_delta.inference.engine import (
     BatchedEngine,
     GGUFModel,
     Request,
@@ -25,8 +23,9 @@ from lite_delta.generate.engine import (
     gpu_offload_available,
     round_up,
 )
-from lite_delta.generate.store import COMPLETIONS_FILE, CompletionStore, completion_key
-from lite_delta.models import model_identity, resolve_model
+from lite_delta.completions import COMPLETIONS_FILE, CompletionStore, completion_key
+from lite_delta.models.refs import model_identity, resolve_model
+from lite_delta.progress import progress_bar
 from lite_delta.prompts import load_prompts
 
 MANIFEST_FILE = "generation.json"
@@ -46,25 +45,10 @@ def _previous_invocations(path: Path) -> list[dict]:
         return []
 
 
-def progress_bar(console: Console | None = None, disable: bool = False) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console or Console(stderr=True),
-        disable=disable,
-    )
-
-
 def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
     """Answer every prompt ``samples_per_prompt`` times; resume from what ``out`` already holds."""
     g = cfg.generation
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(cfg.out, "--out")
     prompts, prompt_stats = load_prompts(
         cfg.prompts.source,
         column=cfg.prompts.column,

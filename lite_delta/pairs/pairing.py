@@ -21,9 +21,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import write_text
-from lite_delta.generate.store import read_completions
-from lite_delta.pairs.scorers import SCORERS, Scorer, get_scorer
+from lite_delta.files import writable_dir, write_text
+from lite_delta.completions import read_completions
+from lite_delta.utility_scorers import SCORERS, Scorer, checked_scorer, get_scorer
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class PairConfig(BaseModel):
 
 def make_pairs(cfg: PairConfig) -> Path:
     """Write ``pairs.jsonl``, ``dataset/`` and ``stats.json`` under ``cfg.out`` and return ``cfg.out``."""
-    scorer = _checked(get_scorer(cfg.scorer), cfg.scorer)
+    writable_dir(cfg.out, "--out", create=False)
+    scorer = checked_scorer(get_scorer(cfg.scorer), cfg.scorer)
     filters = dict.fromkeys(FILTERS, 0)
     if cfg.mode == "by_model":
         chosen, rejected = _load(cfg.chosen), _load(cfg.rejected)
@@ -96,21 +97,6 @@ def make_pairs(cfg: PairConfig) -> Path:
     if "warning" in stats:
         log.warning(stats["warning"])
     return out
-
-
-def _checked(scorer: Scorer, name: str) -> Scorer:
-    """The scorer, with a user function's crash or NaN turned into a message naming it."""
-
-    def score(text: str) -> float:
-        try:
-            value = float(scorer(text))
-        except Exception as exc:
-            raise LiteDeltaError(f"scorer {name!r} failed on an answer ({exc!r}); fix it or pick another") from exc
-        if math.isnan(value):
-            raise LiteDeltaError(f"scorer {name!r} returned NaN for an answer; it must return a number")
-        return value
-
-    return score
 
 
 # --- input -----------------------------------------------------------------------------------------

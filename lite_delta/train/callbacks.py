@@ -72,16 +72,19 @@ class ProgressBar(TrainerCallback):
     def __init__(self, step_log: StepLog, console=None):
         self.step_log = step_log
         self.console = console
+        self.progress = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(
+        from lite_delta.progress import progress_bar
+
+        self.progress = progress_bar(self.console, columns=(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.description}"), console=self.console,
-        )
+            TextColumn("{task.description}"),
+        ))
         self.progress.start()
-        self.task = self.progress.add_task("", total=state.max_steps, completed=state.global_step)
+        self.task = self.progress.add_task("", total=state.max_steps, completed=state.global_step, label="train")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.step_log.records or self.step_log.records[-1]["step"] != state.global_step:
@@ -96,4 +99,10 @@ class ProgressBar(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.progress.update(self.task, completed=state.global_step)
-        self.progress.stop()
+        self.close()
+
+    def close(self) -> None:
+        """Stop the bar (or the plain lines' timer); the stage calls this when training raises too."""
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -18,12 +18,18 @@ from lite_delta.errors import LiteDeltaError
 PAIRS_FILE = "pairs.jsonl"
 ROLES = ("system", "user", "assistant", "tool")
 _MESSAGES = "a list of {role, content} messages"
+DEGENERATE = ("identical", "empty_chosen", "empty_rejected")  # pairs dropped before training, counted in train.json
+
+
+def pairs_source(path: str | Path) -> Path:
+    """The file that ``path`` names: a pair-stage dir's pairs.jsonl, or the file itself."""
+    path = Path(path)
+    return path / PAIRS_FILE if path.is_dir() else path
 
 
 def load_pairs(path: str | Path) -> list[dict]:
     """Rows of a pair-stage dir (its pairs.jsonl) or a .jsonl / .json / .parquet file, checked and normalized."""
-    path = Path(path)
-    source = path / PAIRS_FILE if path.is_dir() else path
+    source = pairs_source(path)
     if not source.is_file():
         raise LiteDeltaError(
             f"{source} does not exist: run `lite-delta pair` first, or pass a pairs.jsonl / .json / .parquet file"
@@ -40,6 +46,44 @@ def load_pairs(path: str | Path) -> list[dict]:
     if not numbered:
         raise LiteDeltaError(f"{source} holds no pairs: rerun `lite-delta pair` or pass a file with rows in it")
     return [_normalize(row, f"{source} row {number}") for number, row in numbered]
+
+
+def degenerate(row: dict) -> str | None:
+    """Why DPO cannot learn from a normalized pair (the first that applies), or None: an empty
+    chosen or rejected answer, or the same answer on both sides (contents compared stripped)."""
+
+    def answer(messages: list[dict]) -> list[tuple[str, str]]:
+        return [(m["role"], m["content"].strip()) for m in messages]
+
+    chosen, rejected = answer(row["chosen"]), answer(row["rejected"])
+    if not any(text for _, text in chosen):
+        return "empty_chosen"
+    if not any(text for _, text in rejected):
+        return "empty_rejected"
+    return "identical" if chosen == rejected else None
+
+
+def drop_degenerate(rows: list[dict], source: str | Path) -> tuple[list[dict], dict]:
+    """The rows worth training on and the count of each degenerate kind dropped; an error naming
+    ``source`` when no row is left, since there is then nothing to learn."""
+    counts = dict.fromkeys(DEGENERATE, 0)
+    kept = []
+    for row in rows:
+        kind = degenerate(row)
+        if kind is None:
+            kept.append(row)
+        else:
+            counts[kind] += 1
+    if not kept:
+        raise LiteDeltaError(
+            f"{source}: all {len(rows)} pairs are degenerate ({describe_degenerate(counts)}), so there is "
+            "nothing to learn: each pair needs a non-empty chosen answer that differs from a non-empty rejected one"
+        )
+    return kept, counts
+
+
+def describe_degenerate(counts: dict) -> str:
+    return ", ".join(f"{kind.replace('_', ' ')} {counts[kind]}" for kind in DEGENERATE)
 
 
 def pairs_stats(rows: list[dict]) -> dict:

@@ -143,10 +143,10 @@ def shapes_from_gguf(path: Path) -> Shapes:
 def load_shapes(ref: str, *, local_only: bool = False) -> Shapes:
     """Shapes from a folder's config.json, a GGUF's metadata, or a Hub id's config.json (that file only;
     with ``local_only``, from the cache without asking the Hub)."""
-    from lite_delta.train.student import HUB_ID, is_gguf_reference
+    from lite_delta.models.student import HUB_ID, is_gguf_reference
 
     if is_gguf_reference(ref):
-        from lite_delta.models import resolve_model
+        from lite_delta.models.refs import resolve_model
 
         return shapes_from_gguf(resolve_model(ref))
     folder = Path(ref)

@@ -16,10 +16,10 @@ from rich.console import Console
 
 from lite_delta.config import TrainConfig
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import write_json, write_text
+from lite_delta.files import writable_dir, write_json, write_text
 from lite_delta.precision import device_capability, resolve_precision
 from lite_delta.train.backends import import_unsloth, load_peft, load_unsloth, resolve_backend
-from lite_delta.train.pairs_io import load_pairs, pairs_stats
+from lite_delta.train.pairs_io import describe_degenerate, drop_degenerate, load_pairs, pairs_source, pairs_stats
 from lite_delta.train.sequences import (
     check_sequences,
     end_token_ids,
@@ -28,7 +28,7 @@ from lite_delta.train.sequences import (
     template_for,
     template_sha,
 )
-from lite_delta.train.student import prepare_student
+from lite_delta.models.student import prepare_student
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     backend = resolve_backend(cfg.backend, cuda)
     if backend == "unsloth":
         import_unsloth()  # before anything imports trl, peft or transformers
-    out = Path(cfg.out)
+    out = writable_dir(cfg.out, "--out", create=False)
     checkpoints = out / "checkpoints"
     if not resume and last_checkpoint(checkpoints):
         raise LiteDeltaError(f"{out} already has checkpoints: pass --resume to continue, or use a new --out")
-    rows = load_pairs(cfg.pairs)
+    rows, degenerate = drop_degenerate(load_pairs(cfg.pairs), pairs_source(cfg.pairs))  # before any weights load
+    if any(degenerate.values()):
+        log.warning("%s: dropped %d degenerate pairs (%s)", pairs_source(cfg.pairs), sum(degenerate.values()),
+                    describe_degenerate(degenerate))
     capability, device = device_capability()
     precision = resolve_precision(cfg.precision, capability, device)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +125,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         fp16=cuda and precision == "fp16",
     )
     step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss)
-    callbacks = [step_log] + ([ProgressBar(step_log, console)] if progress else [])
+    bar = ProgressBar(step_log, console) if progress else None
+    callbacks = [step_log] + ([bar] if bar else [])
     # With a PEFT model and no ref_model, TRL's reference is the student with the adapter disabled.
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora, callbacks=callbacks)
@@ -135,6 +139,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         trainer.train(resume_from_checkpoint=resume_from)
     except torch.OutOfMemoryError:
         raise LiteDeltaError(oom_message(cfg, student, trainer.state.global_step)) from None
+    finally:
+        if bar is not None:
+            bar.close()  # a failed or interrupted run leaves no bar drawing, nor a timer printing
     adapter = out / "adapter"
     trainer.save_model(str(adapter))
     tokenizer.save_pretrained(str(adapter))
@@ -149,7 +156,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         "chat_template": {"source": template_source, "sha256": template_sha(template)},
         "config": cfg.model_dump(mode="json"),
         "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,
-                  "prompt_budget_tokens": budget},
+                  "prompt_budget_tokens": budget, "degenerate_dropped": degenerate},
         "steps": trainer.state.global_step,
         "resumed_from": resume_from,
         "seconds": round(time.perf_counter() - started, 1),
@@ -228,6 +235,7 @@ def _write_run_card(adapter: Path, summary: dict) -> None:
                                           "grad_accum", "max_length", "lora_r", "lora_alpha", "seed")),
         f"| pairs used | {summary['pairs']['rows']} (prompts cut to {summary['pairs']['prompt_budget_tokens']} tokens: "
         f"{summary['pairs']['truncated_prompts']}; dropped: {summary['pairs']['dropped_prompts']}) |",
+        f"| degenerate pairs dropped | {describe_degenerate(summary['pairs']['degenerate_dropped'])} |",
         f"| backend, device, precision | {summary['backend']}, {summary['device']}, {summary['precision']} |",
         f"| chat template | from the {summary['chat_template']['source']}, sha256 {summary['chat_template']['sha256']} |",
         f"| steps | {summary['steps']} |",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import BENCHDATA
+from conftest import BENCHDATA, BENCHDATA_SKIP
 
 from lite_delta.errors import LiteDeltaError
 from lite_delta.evaluate import data
 from lite_delta.evaluate.tasks import TASKS
 
-pytestmark = pytest.mark.skipif(not BENCHDATA.is_dir(), reason="needs ../shared/benchdata")
+pytestmark = pytest.mark.skipif(not BENCHDATA.is_dir(), reason=BENCHDATA_SKIP)
 
 SIZES = {"gsm8k": 1319, "math500": 500, "mmlu": 1140, "ifeval": 541, "bbh": 6511, "truthfulqa": 817,
          "humaneval": 164, "drop": 19, "popqa": 16}

@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BENCHDATA
+from conftest import BENCHDATA, BENCHDATA_SKIP
 
 from lite_delta.cli import main
 from lite_delta.evaluate.tasks import TASKS
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not BENCHDATA.is_dir(), reason="needs ../shared/benchdata")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not BENCHDATA.is_dir(), reason=BENCHDATA_SKIP)]
 
 FIELDS = ("id", "prompt", "output", "extracted", "gold", "correct", "score")
 
@@ -95,7 +95,7 @@ def test_transformers_path_applies_a_lora_adapter(tiny_gguf, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from lite_delta.train.student import prepare_student
+    from lite_delta.models.student import prepare_student
 
     folder = prepare_student(str(tiny_gguf), tmp_path / "students")
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # non-zero: it shows

@@ -11,12 +11,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import BENCHDATA
+from conftest import BENCHDATA, BENCHDATA_SKIP
 
 from lite_delta.evaluate import scorers
 from lite_delta.evaluate.tasks import make_task
 
-pytestmark = pytest.mark.skipif(not BENCHDATA.is_dir(), reason="needs ../shared/benchdata")
+pytestmark = pytest.mark.skipif(not BENCHDATA.is_dir(), reason=BENCHDATA_SKIP)
 
 
 def rows(relative: str) -> list[dict]:

@@ -16,7 +16,7 @@ from lite_delta.evaluate.utility import SAMPLES_FILE, compare_utility, utility_c
 
 @pytest.fixture(scope="module")
 def tiny_student(tmp_path_factory, tiny_gguf) -> str:
-    from lite_delta.train.student import prepare_student
+    from lite_delta.models.student import prepare_student
 
     return prepare_student(str(tiny_gguf), tmp_path_factory.mktemp("tiny_student"))
 
@@ -148,3 +148,51 @@ def test_mismatched_settings_are_warned_and_disjoint_runs_refused():
     tuned["per_prompt"] = {"other": {"mean": 1.0, "best_of_k": 1.0, "worst_of_k": 1.0}}
     with pytest.raises(LiteDeltaError, match="share no prompt"):
         compare_utility(base, tuned)
+
+
+# --- the same measure through llama.cpp's batched engine (the demo's path for a GGUF student) -------------
+
+
+@pytest.fixture(scope="module")
+def llama_first_run(tmp_path_factory, tiny_gguf, prompts_file):
+    out = tmp_path_factory.mktemp("ul") / "base"
+    result = utility_eval(config(prompts_file), student=str(tiny_gguf), adapter=None, scorer="length", out=out,
+                          progress=False)
+    return out, result
+
+
+def test_a_gguf_student_is_sampled_by_llama_cpp_and_resumes_to_the_same_answers(llama_first_run, tiny_gguf,
+                                                                                 prompts_file, tmp_path):
+    out, result = llama_first_run
+    assert result["settings"]["engine"] == "llama.cpp" and result["n_samples"] == 6
+    records = lines(out)
+    assert len({r["key"] for r in records}) == 6 and all(r["completion_tokens"] > 0 for r in records)
+    assert len({r["completion"] for r in records}) > 1  # sampled, per-item seeds: not one answer six times
+    killed = tmp_path / "killed"
+    shutil.copytree(out, killed)
+    text = (out / SAMPLES_FILE).read_text()
+    (killed / SAMPLES_FILE).write_text("".join(text.splitlines(keepends=True)[:3]) + text.splitlines()[3][:15])
+    resumed = utility_eval(config(prompts_file), student=str(tiny_gguf), adapter=None, scorer="length", out=killed,
+                           progress=False)
+    assert {r["key"]: r["completion"] for r in lines(killed)} == {r["key"]: r["completion"] for r in records}
+    assert resumed["per_prompt"] == result["per_prompt"]
+
+
+def test_a_peft_adapter_runs_on_llama_cpp_as_an_exported_gguf_lora(llama_first_run, tiny_student, tiny_gguf,
+                                                                   prompts_file, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_student),
+                           LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    out, base = llama_first_run
+    tuned = utility_eval(config(prompts_file), student=str(tiny_gguf), adapter=tmp_path / "adapter",
+                         scorer="length", out=tmp_path / "tuned", progress=False, cache_dir=tmp_path / "cache")
+    assert tuned["settings"]["engine"] == "llama.cpp" and tuned["settings"]["adapter_sha256"]
+    assert list((tmp_path / "cache").glob("adapter-*.gguf"))  # exported once, reused by the next run
+    base_answers = {r["key"]: r["completion"] for r in lines(out)}
+    tuned_answers = {r["key"]: r["completion"] for r in lines(tmp_path / "tuned")}
+    assert base_answers.keys() == tuned_answers.keys() and base_answers != tuned_answers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lite_delta.cli import main
-from lite_delta.generate.store import read_completions
+from lite_delta.completions import read_completions
 
 PROMPTS = [f"Give me {k} tips for learning to {skill}." for k in (3, 4, 5) for skill in ("cook", "swim", "draw", "code")]
 
@@ -165,3 +166,28 @@ def test_cli_error_in_a_real_process_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_progress_lines_reach_a_log_file(tmp_path, smollm2_gguf):
+    """`lite-delta generate 2> gen.log`: rich draws no bar off a terminal, so plain lines must come."""
+    log = tmp_path / "gen.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITE_DELTA_PROGRESS_SECONDS": "0"}
+    env.pop("FORCE_COLOR", None)
+    with open(log, "w") as stderr:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lite_delta", "generate", "--model", str(smollm2_gguf), "--prompts", "builtin:demo",
+             "--n", "4", "--max-tokens", "8", "--parallel", "2", "--out", str(tmp_path / "gen")],
+            stdout=subprocess.DEVNULL, stderr=stderr, env=env, timeout=300,
+        )
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    name = re.escape(smollm2_gguf.name)
+    lines = [line for line in text.splitlines() if line.startswith(f"generate {smollm2_gguf.name} · ")]
+    duration = r"(\d+h)?(\d+m)?\d+s"
+    assert re.fullmatch(rf"generate {name} · 0/4 \(0%\) · elapsed {duration} · ETA \?", lines[0]), text
+    for done, line in enumerate(lines[1:], start=1):  # one line per answer with interval 0
+        eta = "" if done == 4 else f" · ETA {duration}"
+        assert re.fullmatch(rf"generate {name} · {done}/4 \({25 * done}%\) · [\d,]+ tok/s · elapsed {duration}{eta}",
+                            line), line
+    assert len(lines) == 5 and lines[-1].startswith(f"generate {smollm2_gguf.name} · 4/4 (100%)"), text
+    assert "\x1b[" not in text, "no terminal escape codes in a log"

@@ -6,7 +6,7 @@ import pytest
 
 from lite_delta.errors import LiteDeltaError
 from lite_delta.pairs import PairConfig, make_pairs
-from lite_delta.train.pairs_io import load_pairs, pairs_stats
+from lite_delta.train.pairs_io import drop_degenerate, load_pairs, pairs_stats
 
 
 def user(text):
@@ -242,6 +242,31 @@ def test_pairs_stats():
     ]
     assert pairs_stats(rows) == {"rows": 2, "chosen_chars_mean": 3.0, "rejected_chars_mean": 3.0, "chosen_longer": 1}
     assert pairs_stats([])["rows"] == 0
+
+
+def test_degenerate_pairs_are_dropped_and_counted_by_kind(tmp_path):
+    rows = [
+        {"prompt": "q1", "chosen": "good", "rejected": "bad"},
+        {"prompt": "q2", "chosen": "same", "rejected": " same\n"},  # identical once stripped
+        {"prompt": "q3", "chosen": "", "rejected": ""},  # both empty: the first kind that applies counts
+        {"prompt": "q4", "chosen": "x", "rejected": "  "},
+        {"prompt": [user("q5")], "chosen": [assistant("a"), assistant("")],
+         "rejected": [assistant("a"), assistant("")]},
+        {"prompt": [user("q6")], "chosen": [assistant("a")], "rejected": [assistant("a"), assistant("b")]},
+    ]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    kept, counts = drop_degenerate(load_pairs(path), path)
+    assert [row["prompt"][0]["content"] for row in kept] == ["q1", "q6"]
+    assert counts == {"identical": 2, "empty_chosen": 1, "empty_rejected": 1}
+
+
+def test_only_degenerate_pairs_is_an_error_naming_the_file_and_counts(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "a"},
+                                                  {"prompt": "q", "chosen": "", "rejected": ""}])
+    with pytest.raises(LiteDeltaError, match=re.escape(
+            f"{path}: all 2 pairs are degenerate (identical 1, empty chosen 1, empty rejected 0), so there is "
+            "nothing to learn")):
+        drop_degenerate(load_pairs(path), path)
 
 
 # --- errors ----------------------------------------------------------------------------------------

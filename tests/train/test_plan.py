@@ -9,7 +9,7 @@ import pytest
 from lite_delta.cli import main
 from lite_delta.errors import LiteDeltaError
 from lite_delta.train.plan import estimate, fit, load_shapes, plan, shapes_from_config
-from lite_delta.train.student import prepare_student
+from lite_delta.models.student import prepare_student
 
 # Llama-3.1-8B's published config.json (the fields the planner reads).
 LLAMA_31_8B = {

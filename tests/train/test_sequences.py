@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.generate.engine import GGUFModel
+from lite_delta.inference.engine import GGUFModel
 from lite_delta.train.sequences import (
     check_sequences,
     end_token_ids,

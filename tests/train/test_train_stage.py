@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -22,7 +23,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_gguf):
-    from lite_delta.train.student import prepare_student
+    from lite_delta.models.student import prepare_student
 
     folder = tmp_path_factory.mktemp("train")
     pairs = folder / "pairs.jsonl"
@@ -180,3 +181,55 @@ def test_bf16_on_the_cpu_is_refused_before_any_model_loads(setup, tmp_path, caps
         main(["train", "--pairs", str(pairs), "--student", student, "--out", str(tmp_path / "o"),
               "--config", str(config)])
     assert info.value.code == 2 and "fp32" in capsys.readouterr().err
+
+
+def _pair(prompt: str, chosen: str, rejected: str) -> dict:
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+@pytest.mark.parametrize("rows, counts", [
+    ([_pair("a?", "same", "same"), _pair("b?", "x", " x \n")], "identical 2, empty chosen 0, empty rejected 0"),
+    ([_pair("a?", "", ""), _pair("b?", "  ", "\n")], "identical 0, empty chosen 2, empty rejected 0"),
+    ([_pair("a?", "", "r"), _pair("b?", "c", ""), _pair("c?", "s", "s")],
+     "identical 1, empty chosen 1, empty rejected 1"),
+])
+def test_pairs_with_nothing_to_learn_are_refused_before_any_weights_load(rows, counts, tmp_path, capsys):
+    """Used to train (exit 0) and write an adapter. The student does not exist: reaching it would be another error."""
+    pairs = tmp_path / "same.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--pairs", str(pairs), "--student", str(tmp_path / "no-student"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert f"{pairs}: all {len(rows)} pairs are degenerate ({counts})" in err.replace("\n", " ")
+    assert not (tmp_path / "o").exists()
+
+
+def test_degenerate_pairs_are_dropped_and_counted_in_train_json_and_the_card(setup, tmp_path):
+    student, pairs = setup
+    mixed = tmp_path / "mixed.jsonl"
+    extra = [_pair("List some cats.", "- a cat", "- a cat"), _pair("List some dogs.", "", "A dog."),
+             _pair("List some owls.", "- owl\n- owl", " ")]
+    mixed.write_text(pairs.read_text() + "".join(json.dumps(r) + "\n" for r in extra))
+    out = train(_cfg(setup, tmp_path / "run", pairs=mixed, max_steps=1), progress=False)
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["pairs"]["rows"] == len(ROWS)
+    assert summary["pairs"]["degenerate_dropped"] == {"identical": 1, "empty_chosen": 1, "empty_rejected": 1}
+    card = (out / "adapter" / "README.md").read_text()
+    assert "| degenerate pairs dropped | identical 1, empty chosen 1, empty rejected 1 |" in card
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(setup, tmp_path, monkeypatch, capsys):
+    """Under `> train.log 2>&1`, nohup or CI rich draws no bar: plain lines with step, loss, tok/s and ETA come."""
+    monkeypatch.setenv("LITE_DELTA_PROGRESS_SECONDS", "0")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    train(_cfg(setup, tmp_path / "run", max_steps=3))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("train ")]
+    assert lines[0].startswith("train · 0/3 (0%) · elapsed"), err
+    for step in (1, 2):
+        pattern = (rf"train loss \d+\.\d{{4}}  margin [+-]\d\.\d{{3}}  [\d,]+ tok/s · {step}/3 "
+                   rf"\({100 * step / 3:.0f}%\) · [\d.]+ items/s · elapsed \S+ · ETA \S+")
+        assert any(re.fullmatch(pattern, x) for x in lines), err
+    assert sum("3/3 (100%)" in x for x in lines) == 1, err
+    assert "\x1b[" not in err

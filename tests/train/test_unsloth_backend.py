@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, rea
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_gguf):
-    from lite_delta.train.student import prepare_student
+    from lite_delta.models.student import prepare_student
 
     folder = tmp_path_factory.mktemp("unsloth")
     pairs = folder / "pairs.jsonl"

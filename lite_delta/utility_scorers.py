@@ -7,6 +7,7 @@ A user scorer is any importable function named as ``"package.module:function"``.
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from typing import Callable
 
@@ -79,3 +80,18 @@ def get_scorer(name: str) -> Scorer:
     if not callable(func):
         raise LiteDeltaError(f"scorer {name!r} is not a function; use one of {builtins} or a callable str -> float")
     return func
+
+
+def checked_scorer(scorer: Scorer, name: str) -> Scorer:
+    """The scorer, with a user function's crash or NaN turned into a message naming it."""
+
+    def score(text: str) -> float:
+        try:
+            value = float(scorer(text))
+        except Exception as exc:
+            raise LiteDeltaError(f"scorer {name!r} failed on an answer ({exc!r}); fix it or pick another") from exc
+        if math.isnan(value):
+            raise LiteDeltaError(f"scorer {name!r} returned NaN for an answer; it must return a number")
+        return value
+
+    return score

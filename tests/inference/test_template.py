@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.generate.engine import GGUFModel
-from lite_delta.generate.template import render_chat
+from lite_delta.inference.engine import GGUFModel
+from lite_delta.inference.template import render_chat
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Why is the sky blue?"}],

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.models import model_identity, resolve_model
+from lite_delta.models.refs import model_identity, resolve_model
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

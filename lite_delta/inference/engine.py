@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import llama_cpp
 from llama_cpp import _internals, _logger
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.generate.template import render_chat, with_system
+from lite_delta.inference.template import render_chat, with_system
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def cpu_extra_buffers() -> bool:
 
 
 @contextlib.contextmanager
-def _llama_model_params(**fields):
+def llama_model_params(**fields):
     """Make llama_cpp.Llama load its model with these llama_model_params (it has no argument for them)."""
     module = llama_cpp.llama_cpp
     original = module.llama_model_default_params
@@ -113,7 +114,7 @@ class GGUFModel:
         chat_template: str | None = None,
         verbose: bool = False,
     ):
-        from lite_delta.models import check_gguf
+        from lite_delta.models.refs import check_gguf
 
         self.path = Path(path)
         check_gguf(self.path)
@@ -166,8 +167,43 @@ class GGUFModel:
         n = llama_cpp.llama_token_to_piece(self.model.vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n] if n >= 0 else b""
 
+    def load_adapter(self, path: str | os.PathLike, scale: float = 1.0) -> "LoraAdapter":
+        return LoraAdapter(self, path, scale)
+
     def close(self) -> None:
         self.model.close()
+
+
+class LoraAdapter:
+    """A GGUF LoRA adapter loaded onto one model (``llama_adapter_lora_init``), attached to contexts.
+
+    llama.cpp applies it at run time as ``scale * alpha / rank * B @ A`` on top of the (quantized) base
+    weights; it checks the adapter's architecture and every tensor's shape against the model and
+    refuses a mismatch, whose logged reason becomes the error message here.
+    """
+
+    def __init__(self, model: GGUFModel, path: str | os.PathLike, scale: float = 1.0):
+        self.path = Path(path)
+        self.scale = float(scale)
+        if not self.path.is_file():
+            raise LiteDeltaError(f"LoRA adapter {self.path} does not exist")
+        log_text = io.StringIO()
+        with contextlib.redirect_stderr(log_text):  # llama.cpp logs its reason at ERROR level to stderr
+            handle = llama_cpp.llama_adapter_lora_init(model.model.model, str(self.path).encode("utf-8"))
+        if not handle:
+            reason = " ".join(line.strip() for line in log_text.getvalue().splitlines() if line.strip())
+            raise LiteDeltaError(
+                f"llama.cpp refused the LoRA adapter {self.path} for {model.path.name}: "
+                f"{reason or 'not a GGUF LoRA adapter for this model'}. Export it from the PEFT adapter "
+                "trained on this base (`lite-delta export --adapter DIR --base BASE.gguf`)"
+            )
+        self.handle = handle
+
+    def attach(self, ctx) -> None:
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.handle)
+        scales = (ctypes.c_float * 1)(self.scale)
+        if llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, scales) != 0:
+            raise LiteDeltaError(f"llama.cpp could not attach the LoRA adapter {self.path} to a context")
 
 
 def _new_sampler(params: SamplingParams, seed: int) -> _internals.LlamaSampler:
@@ -285,8 +321,10 @@ class BatchedEngine:
         n_threads: int | None = None,
         n_batch: int = 512,
         flash_attn: bool = True,
+        adapter: LoraAdapter | None = None,
     ):
         self.model = model
+        self.adapter = adapter
         self.n_ctx_per_seq = round_up(n_ctx_per_seq)
         self.n_threads = n_threads or default_threads()
         self.n_batch = max(n_batch, slots, MIN_PREFILL_ROWS)
@@ -303,6 +341,8 @@ class BatchedEngine:
                 log.warning("KV cache for %d slots does not fit; retrying with %d", slots, slots // 2)
                 slots //= 2
         self.slots = slots
+        if adapter is not None:
+            adapter.attach(self.ctx)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.pad_token = model.model.token_bos() if model.model.token_bos() >= 0 else 0
@@ -443,11 +483,13 @@ class SequentialEngine:
         n_threads: int | None = None,
         n_batch: int = 512,
         flash_attn: bool = True,
+        adapter: LoraAdapter | None = None,
     ):
         self.model = model
         self.n_ctx_per_seq = round_up(n_ctx_per_seq)
         threads = n_threads or default_threads()
-        with _llama_model_params(use_extra_bufts=model.extra_buffers):
+        lora = {"lora_path": str(adapter.path), "lora_scale": adapter.scale} if adapter is not None else {}
+        with llama_model_params(use_extra_bufts=model.extra_buffers):
             self.llm = llama_cpp.Llama(
                 model_path=str(model.path),
                 n_ctx=self.n_ctx_per_seq,
@@ -457,6 +499,7 @@ class SequentialEngine:
                 n_gpu_layers=model.n_gpu_layers,
                 flash_attn=flash_attn,
                 verbose=model.verbose,
+                **lora,
             )
         self.slots = 1
 

@@ -40,14 +40,19 @@ class LlamaShape:
     n_ff: int = 128
     n_ctx: int = 2048
     rope_base: float = 10000.0
+    n_vocab: int | None = None  # None: the copied tokenizer's size; more pads it with unused tokens (as converters do)
 
 
-# Real shapes for benchmarks (vocabularies differ from the copied tokenizer; the embedding is sized to it).
+# Real shapes for benchmarks: the copied tokenizer's vocabulary padded to the real model's size.
 SHAPES = {
     "tiny": LlamaShape(),
-    "qwen2.5-1.5b": LlamaShape(n_embd=1536, n_layer=28, n_head=12, n_head_kv=2, n_ff=8960, n_ctx=32768),
-    "qwen2.5-3b": LlamaShape(n_embd=2048, n_layer=36, n_head=16, n_head_kv=2, n_ff=11008, n_ctx=32768),
-    "llama-3.1-8b": LlamaShape(n_embd=4096, n_layer=32, n_head=32, n_head_kv=8, n_ff=14336, n_ctx=131072),
+    "smollm2-135m": LlamaShape(n_embd=576, n_layer=30, n_head=9, n_head_kv=3, n_ff=1536, n_ctx=8192),
+    "qwen2.5-1.5b": LlamaShape(n_embd=1536, n_layer=28, n_head=12, n_head_kv=2, n_ff=8960, n_ctx=32768,
+                               n_vocab=151936),
+    "qwen2.5-3b": LlamaShape(n_embd=2048, n_layer=36, n_head=16, n_head_kv=2, n_ff=11008, n_ctx=32768,
+                             n_vocab=151936),
+    "llama-3.1-8b": LlamaShape(n_embd=4096, n_layer=32, n_head=32, n_head_kv=8, n_ff=14336, n_ctx=131072,
+                               n_vocab=128256),
 }
 
 
@@ -72,8 +77,11 @@ def write_random_gguf(
     chat_template: str | None = None,
     add_bos: bool | None = None,
     bos_token_id: int | None = None,
+    arch: str = "llama",
 ) -> Path:
-    """Write an F16 Llama-architecture GGUF with random weights and a copied tokenizer + chat template."""
+    """Write an F16 GGUF with random weights and a copied tokenizer + chat template.
+
+    `arch` is "llama" or "qwen2" (the same blocks plus biases on the q/k/v projections)."""
     import gguf
 
     path = Path(path)
@@ -85,9 +93,17 @@ def write_random_gguf(
     if bos_token_id is not None:
         tok["tokenizer.ggml.bos_token_id"] = bos_token_id
     n_vocab = len(tok["tokenizer.ggml.tokens"])
+    if shape.n_vocab is not None and shape.n_vocab > n_vocab:
+        pad = shape.n_vocab - n_vocab
+        pads = [f"[PAD{i}]" for i in range(n_vocab, shape.n_vocab)]
+        tok["tokenizer.ggml.tokens"] = list(tok["tokenizer.ggml.tokens"]) + pads
+        tok["tokenizer.ggml.token_type"] = list(tok["tokenizer.ggml.token_type"]) + [5] * pad  # 5: UNUSED
+        n_vocab = shape.n_vocab
     head_dim = shape.n_embd // shape.n_head
-    w = gguf.GGUFWriter(str(path), arch="llama")
-    w.add_name("lite-delta random llama")
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"arch must be llama or qwen2, not {arch!r}")
+    w = gguf.GGUFWriter(str(path), arch=arch)
+    w.add_name(f"lite-delta random {arch}")
     w.add_context_length(shape.n_ctx)
     w.add_embedding_length(shape.n_embd)
     w.add_block_count(shape.n_layer)
@@ -130,6 +146,9 @@ def write_random_gguf(
         w.add_tensor(f"blk.{i}.attn_q.weight", weight(shape.n_embd, shape.n_embd))
         w.add_tensor(f"blk.{i}.attn_k.weight", weight(kv, shape.n_embd))
         w.add_tensor(f"blk.{i}.attn_v.weight", weight(kv, shape.n_embd))
+        if arch == "qwen2":
+            for proj, rows in (("q", shape.n_embd), ("k", kv), ("v", kv)):
+                w.add_tensor(f"blk.{i}.attn_{proj}.bias", weight(rows).astype(np.float32))
         w.add_tensor(f"blk.{i}.attn_output.weight", weight(shape.n_embd, shape.n_embd))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
         w.add_tensor(f"blk.{i}.ffn_gate.weight", weight(shape.n_ff, shape.n_embd))

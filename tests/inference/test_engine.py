@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lite_delta.generate.engine import BatchedEngine, GGUFModel, Request, SamplingParams, SequentialEngine
+from lite_delta.inference.engine import BatchedEngine, GGUFModel, Request, SamplingParams, SequentialEngine
 from lite_delta.prompts import Prompt, load_prompts
 
 
@@ -130,7 +130,7 @@ def test_too_many_slots_falls_back_to_fewer(tiny_gguf):
 
 
 def test_shared_prefix_and_prefill_chunks():
-    from lite_delta.generate.engine import MIN_PREFILL_ROWS, prefill_chunks, shared_prefix
+    from lite_delta.inference.engine import MIN_PREFILL_ROWS, prefill_chunks, shared_prefix
 
     header = list(range(100, 130))
     prompts = [header + [1, 2, 3] * 4, header + [4, 5] * 6, header + [7] * 9]

@@ -1,8 +1,8 @@
 import pytest
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.pairs import SCORERS, get_scorer
-from lite_delta.pairs.scorers import list_item_count, paragraph_count, sections_count, word_count
+from lite_delta.utility_scorers import SCORERS, get_scorer
+from lite_delta.utility_scorers import list_item_count, paragraph_count, sections_count, word_count
 
 
 @pytest.mark.parametrize(

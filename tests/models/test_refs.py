@@ -20,7 +20,7 @@ from huggingface_hub.errors import (
 )
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.models import DEMO_MODEL, check_gguf, model_identity, resolve_model
+from lite_delta.models.refs import DEMO_MODEL, check_gguf, model_identity, resolve_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.train.student import prepare_student
+from lite_delta.models.student import prepare_student
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,266 @@
+"""A PEFT LoRA adapter as a GGUF LoRA adapter that llama.cpp loads (`llama_adapter_lora_init`).
+
+The file llama.cpp wants: `general.type` adapter, `adapter.type` lora, `adapter.lora.alpha`, the base's
+`general.architecture`, and for every adapted weight `<gguf tensor name>.lora_a` ([r, in]) and
+`.lora_b` ([out, r]), in PEFT's own orientation. llama.cpp scales them at run time by
+`alpha / r`, r read from each tensor, so any other scale (rsLoRA's alpha/sqrt(r), per-module
+alpha or rank patterns) is folded into lora_b. llama.cpp's HF converter stores a llama model's
+q/k weights with their rows permuted (its rotary layout), so the rows of q/k lora_b are permuted
+the same way; qwen2 has no such permutation. DoRA, `modules_to_save`, LoRA biases and embedding
+LoRA have no GGUF form and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lite_delta.errors import LiteDeltaError
+
+# GGUF architecture -> whether llama.cpp's converter permutes the rows of attn_q / attn_k.
+ARCHITECTURES = {"llama": True, "qwen2": False}
+# transformers model_type -> the GGUF architecture llama.cpp converts it to.
+HF_TO_GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+ADAPTER_DTYPES = ("f32", "f16", "bf16")
+
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])\.weight$")
+
+
+@dataclass
+class PeftLora:
+    """A PEFT LoRA adapter folder read into memory: A [r, in] and B [out, r] per module, and its scale."""
+
+    folder: Path
+    config: dict
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]]  # "model.layers.0.self_attn.q_proj" -> (A, B)
+    scales: dict[str, float]  # the factor PEFT multiplies B @ A by
+
+    @property
+    def base_ref(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+
+@dataclass
+class BaseGGUF:
+    """What a LoRA export needs from the base GGUF: architecture, head counts and tensor shapes."""
+
+    path: Path
+    arch: str
+    n_blocks: int
+    n_head: int
+    n_head_kv: int
+    shapes: dict[str, tuple[int, ...]] = field(repr=False)  # numpy order: (out, in) for a matrix
+
+
+def read_peft_lora(folder: str | Path) -> PeftLora:
+    """Read and check a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)."""
+    folder = Path(folder)
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise LiteDeltaError(
+            f"{folder} is not a PEFT adapter folder (no adapter_config.json): pass the adapter/ folder "
+            "that `lite-delta train` wrote"
+        )
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LiteDeltaError(f"{config_file} is not valid JSON: {exc}") from None
+    if config.get("peft_type") != "LORA":
+        raise LiteDeltaError(f"{config_file}: peft_type is {config.get('peft_type')!r}; only LoRA adapters export to GGUF")
+    if config.get("use_dora"):
+        raise LiteDeltaError(
+            f"{folder} is a DoRA adapter (use_dora: true): llama.cpp's GGUF adapters cannot express DoRA's "
+            "magnitude vectors; retrain with plain LoRA, or merge it in transformers"
+        )
+    if config.get("modules_to_save"):
+        raise LiteDeltaError(
+            f"{folder} saves whole modules ({', '.join(config['modules_to_save'])}, modules_to_save): a GGUF "
+            "LoRA adapter holds only low-rank pairs; retrain without modules_to_save"
+        )
+    if config.get("bias", "none") != "none" or config.get("lora_bias"):
+        raise LiteDeltaError(f"{folder} trains biases (bias/lora_bias): a GGUF LoRA adapter cannot hold them")
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise LiteDeltaError(f"{folder} has no adapter_model.safetensors (save the adapter with safetensors)")
+    from safetensors.torch import load_file
+
+    tensors = {k: v.float().numpy() for k, v in load_file(weights).items()}
+    halves: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in tensors.items():
+        m = _LORA_KEY.match(key)
+        if m is None:
+            raise LiteDeltaError(
+                f"{weights.name} holds {key}, which is not a LoRA A/B matrix of a linear layer "
+                "(embedding LoRA, DoRA magnitudes and saved modules have no GGUF form)"
+            )
+        halves.setdefault(m["module"], {})[m["side"]] = value
+    pairs = {}
+    for module, ab in halves.items():
+        if set(ab) != {"A", "B"} or ab["A"].ndim != 2 or ab["A"].shape[0] != ab["B"].shape[1]:
+            raise LiteDeltaError(f"{weights.name}: {module} lacks a matching lora_A/lora_B pair")
+        pairs[module] = (ab["A"], ab["B"])
+    if not pairs:
+        raise LiteDeltaError(f"{weights.name} holds no LoRA matrices")
+    scales = {module: peft_scale(config, module, a.shape[0]) for module, (a, _) in pairs.items()}
+    return PeftLora(folder=folder, config=config, pairs=pairs, scales=scales)
+
+
+def peft_scale(config: dict, module: str, rank: int) -> float:
+    """The factor PEFT applies to B @ A for `module`: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+    from peft.utils.other import get_pattern_key
+
+    alpha_pattern = config.get("alpha_pattern") or {}
+    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), config["lora_alpha"])
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def read_base_gguf(path: str | Path) -> BaseGGUF:
+    from gguf import GGUFReader
+
+    path = Path(path)
+    try:
+        reader = GGUFReader(str(path))
+    except (ValueError, OSError) as exc:
+        raise LiteDeltaError(f"cannot read {path} as a GGUF model: {exc}") from None
+
+    def value(key: str, default=None):
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else default
+
+    if value("general.type", "model") != "model":
+        raise LiteDeltaError(f"{path.name} is a GGUF {value('general.type')}, not a model: pass the base model's GGUF")
+    if int(value("split.count", 0)) > 1:
+        raise LiteDeltaError(
+            f"{path.name} is one shard of a split GGUF: join it first (`llama-gguf-split --merge {path.name} "
+            "whole.gguf`) and pass the whole file"
+        )
+    arch = value("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise LiteDeltaError(
+            f"{path.name} is a {arch} model: lite-delta exports LoRA adapters for the "
+            f"{' and '.join(ARCHITECTURES)} architectures only"
+        )
+    n_head = int(value(f"{arch}.attention.head_count"))
+    return BaseGGUF(
+        path=path,
+        arch=arch,
+        n_blocks=int(value(f"{arch}.block_count")),
+        n_head=n_head,
+        n_head_kv=int(value(f"{arch}.attention.head_count_kv", n_head)),
+        shapes={t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors},
+    )
+
+
+def permute_qk_rows(b: np.ndarray, n_head: int) -> np.ndarray:
+    """Reorder the rows of a q/k matrix as llama.cpp's converter does: within each head, the two
+    halves of the rotary dimensions are interleaved (rows 0, h/2, 1, h/2+1, ...)."""
+    rows = b.shape[0]
+    if rows % (2 * n_head):
+        raise LiteDeltaError(f"{rows} rows cannot be split into {n_head} rotary heads")
+    return b.reshape(n_head, 2, rows // n_head // 2, *b.shape[1:]).swapaxes(1, 2).reshape(b.shape)
+
+
+def gguf_lora_pairs(lora: PeftLora, base: BaseGGUF, *, permute: bool = True) -> tuple[float, dict]:
+    """(alpha, {gguf tensor name: (A, B)}) with every PEFT scale expressed as llama.cpp's alpha / r.
+
+    `permute=False` skips the llama q/k row permutation; it exists only so a test can show that
+    an unpermuted adapter gives wrong outputs."""
+    import gguf
+
+    check_architecture(lora, base)
+    arch_enum = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}[base.arch]
+    names = gguf.get_tensor_name_map(arch_enum, base.n_blocks)
+    first = next(iter(lora.pairs))
+    alpha = lora.scales[first] * lora.pairs[first][0].shape[0]  # exact when every module shares r and scale
+    out = {}
+    for module, (a, b) in lora.pairs.items():
+        name = names.get_name(module + ".weight", try_suffixes=(".weight",))
+        if name is None:
+            raise LiteDeltaError(f"the adapter adapts {module}, which has no {base.arch} GGUF tensor name")
+        if name not in base.shapes:
+            hint = " (its embeddings are tied: LoRA on lm_head cannot be exported)" if name == "output.weight" else ""
+            raise LiteDeltaError(f"the adapter adapts {module} ({name}), a tensor {base.path.name} lacks{hint}")
+        if base.shapes[name] != (b.shape[0], a.shape[1]):
+            raise LiteDeltaError(
+                f"the adapter's {module} is {b.shape[0]}x{a.shape[1]} but {base.path.name}'s {name} is "
+                f"{'x'.join(map(str, base.shapes[name]))}: the adapter was trained on another base model"
+            )
+        rank = a.shape[0]
+        fold = lora.scales[module] * rank / alpha
+        b = b * np.float32(fold) if fold != 1.0 else b
+        if permute and ARCHITECTURES[base.arch] and name.endswith(("attn_q.weight", "attn_k.weight")):
+            b = permute_qk_rows(b, base.n_head if name.endswith("attn_q.weight") else base.n_head_kv)
+        out[name] = (np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32))
+    return float(alpha), out
+
+
+def check_architecture(lora: PeftLora, base: BaseGGUF) -> None:
+    """Refuse an adapter whose recorded base (a local folder with config.json) is another architecture."""
+    ref = lora.base_ref
+    if not ref or not (Path(ref) / "config.json").is_file():
+        return  # a Hub id or a moved folder: the tensor names and shapes are checked instead
+    model_type = json.loads((Path(ref) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    expected = HF_TO_GGUF_ARCH.get(model_type, model_type)
+    if expected != base.arch:
+        raise LiteDeltaError(
+            f"the adapter in {lora.folder} was trained on a {model_type} model ({ref}) but "
+            f"{base.path.name} is a {base.arch} model: pass the GGUF of the model the adapter was trained on"
+        )
+
+
+def write_lora_gguf(path: str | Path, arch: str, alpha: float, pairs: dict, *, dtype: str = "f32") -> Path:
+    """Write {gguf name: (A, B)} as a GGUF LoRA adapter for `arch`."""
+    import gguf
+
+    if dtype not in ADAPTER_DTYPES:
+        raise LiteDeltaError(f"adapter dtype must be one of {', '.join(ADAPTER_DTYPES)}, not {dtype!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    w = gguf.GGUFWriter(str(tmp), arch=arch)
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    for name, (a, b) in pairs.items():
+        for suffix, array in ((".lora_a", a), (".lora_b", b)):
+            if dtype == "f16":
+                w.add_tensor(name + suffix, array.astype(np.float16))
+            elif dtype == "bf16":
+                raw = gguf.quants.quantize(array, gguf.GGMLQuantizationType.BF16)
+                w.add_tensor(name + suffix, raw, raw_shape=array.shape, raw_dtype=gguf.GGMLQuantizationType.BF16)
+            else:
+                w.add_tensor(name + suffix, array)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.replace(path)
+    return path
+
+
+def check_adapter_loads(base_gguf: str | Path, adapter_gguf: str | Path) -> None:
+    """Load the adapter onto the base with llama.cpp itself; its refusal becomes a LiteDeltaError."""
+    from lite_delta.inference.engine import GGUFModel
+
+    model = GGUFModel(base_gguf, n_gpu_layers=0)
+    try:
+        model.load_adapter(adapter_gguf)
+    finally:
+        model.close()
+
+
+def export_adapter(peft_dir: str | Path, base_gguf: str | Path, out_file: str | Path, *, dtype: str = "f32",
+                   verify: bool = True) -> Path:
+    """PEFT LoRA folder -> GGUF LoRA adapter for `base_gguf`; `verify` loads it with llama.cpp once."""
+    lora = read_peft_lora(peft_dir)
+    base = read_base_gguf(base_gguf)
+    alpha, pairs = gguf_lora_pairs(lora, base)
+    path = write_lora_gguf(out_file, base.arch, alpha, pairs, dtype=dtype)
+    if verify:
+        check_adapter_loads(base.path, path)
+    return path
