@@ -216,7 +216,7 @@ def run_export(recipe: Recipe, run_dir: Path) -> list[Path]:
     adapter = _trained_adapter(run_dir)
     console.print(f"[bold]export[/bold] {adapter} onto {recipe.student_gguf_ref()}")
     result = export(adapter, recipe.student_gguf_ref(), run_dir / "export", quant=recipe.export.quant,
-                    merge=recipe.export.merge, prompt=prompt.messages[-1]["content"])
+                    merge=recipe.export.merge, prompt=prompt.messages[-1]["content"], name=f"{recipe.name}-tuned")
     for label, text in (result.get("sample") or {}).items():
         if label != "prompt":
             console.print(f"[dim]{label}:[/dim] {text[:160]!r}")

@@ -166,8 +166,7 @@ def _export_section(run_dir: Path) -> list[str]:
     if not handoff.is_file():
         return []
     body = handoff.read_text(encoding="utf-8").strip().splitlines()
-    lines = ["## The tuned student in llama.cpp and Ollama", "",
-             "Files in `export/`; run the commands from that folder.", ""]
+    lines = ["## The tuned student in llama.cpp and Ollama", "", "In `export/`:", ""]
     lines += [("#" + line if line.startswith("## ") else line) for line in body if not line.startswith("# ")]
     return lines + [""]
 

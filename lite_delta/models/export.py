@@ -39,7 +39,7 @@ DEFAULT_PROMPT = "How do I get better at public speaking?"  # from the demo's he
 
 def export(peft_dir: str | Path, base_ref: str, out_dir: str | Path, *, quant: str = "Q4_K_M", merge: bool = True,
            adapter_dtype: str = "f32", merged_dtype: str = "f16", prompt: str | None = DEFAULT_PROMPT,
-           max_tokens: int = 96) -> dict:
+           max_tokens: int = 96, name: str | None = None) -> dict:
     """Everything `lite-delta export` writes; returns (and saves as OUT/export.json) what went where."""
     quant = check_quant(quant)
     base_path = resolve_model(base_ref)
@@ -53,7 +53,7 @@ def export(peft_dir: str | Path, base_ref: str, out_dir: str | Path, *, quant: s
     sample = None
     if prompt:
         sample = sample_answers(base_path, adapter, prompt, merged=merged.get("quantized"), max_tokens=max_tokens)
-    readme = write_handoff(out_dir, base_path, adapter, merged.get("quantized"), sample=sample)
+    readme = write_handoff(out_dir, base_path, adapter, merged.get("quantized"), sample=sample, name=name)
     result = {
         "base": str(base_path), "architecture": base.arch, "base_check": base_check, "adapter": str(adapter),
         "merged_unquantized": str(merged["unquantized"]) if merged else None,
