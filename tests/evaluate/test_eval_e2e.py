@@ -91,7 +91,7 @@ def test_transformers_path_and_compare(base_run, tiny_gguf, tmp_path):
     assert (cmp / "compare.png").stat().st_size > 1000
 
 
-def test_transformers_path_applies_a_lora_adapter(tiny_gguf, tmp_path):
+def test_both_engines_apply_a_lora_adapter(tiny_gguf, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -103,12 +103,22 @@ def test_transformers_path_applies_a_lora_adapter(tiny_gguf, tmp_path):
     common = ["--tasks", "truthfulqa", "--limit", "1", "--data-dir", str(BENCHDATA)]
     main(["eval", "--model", folder, "--out", str(tmp_path / "plain"), *common])
     main(["eval", "--model", str(tiny_gguf), "--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "lora"),
-          "--model-cache", str(tmp_path / "students"), *common])  # GGUF + adapter: transformers on its own
+          "--engine", "transformers", "--model-cache", str(tmp_path / "students"), *common])
     engine = json.loads((tmp_path / "lora/results.json").read_text())["engine"]
     assert engine["engine"] == "transformers" and engine["adapter"] and engine["adapter_sha256"]
     plain = json.loads((tmp_path / "plain/truthfulqa/predictions.jsonl").read_text())["output"]
     tuned = json.loads((tmp_path / "lora/truthfulqa/predictions.jsonl").read_text())["output"]
     assert len(plain) == len(tuned) and plain != tuned
+
+    # --engine auto: a GGUF with a PEFT adapter runs on llama.cpp, the adapter exported to a GGUF LoRA once
+    main(["eval", "--model", str(tiny_gguf), "--out", str(tmp_path / "gguf_plain"), *common])
+    main(["eval", "--model", str(tiny_gguf), "--adapter", str(tmp_path / "adapter"), "--out",
+          str(tmp_path / "gguf_lora"), "--model-cache", str(tmp_path / "cache"), *common])
+    engine = json.loads((tmp_path / "gguf_lora/results.json").read_text())["engine"]
+    assert engine["engine"] == "llama.cpp" and engine["adapter_sha256"] and list((tmp_path / "cache").glob("*.gguf"))
+    plain = json.loads((tmp_path / "gguf_plain/truthfulqa/predictions.jsonl").read_text())["output"]
+    tuned = json.loads((tmp_path / "gguf_lora/truthfulqa/predictions.jsonl").read_text())["output"]
+    assert len(plain) == len(tuned) and plain != tuned  # the log-likelihoods moved: the LoRA is applied
 
 
 def _score(args, capsys):
