@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,24 +25,12 @@ from lite_delta.prompts import load_prompts
 
 
 def describe_device(gpu: bool) -> str:
+    from lite_delta.environment import cpu_name, nvidia_smi
+
     if gpu:
-        try:
-            name = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=10, check=True,
-            ).stdout.strip().splitlines()[0]
-            return f"GPU: {name}"
-        except (OSError, subprocess.SubprocessError, IndexError):
-            return "GPU (llama.cpp offload build)"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {cpu}, {default_threads()} cores available"
+        smi = nvidia_smi()
+        return f"GPU: {smi['name']}, {smi['driver']}" if smi else "GPU (llama.cpp offload build)"
+    return f"CPU: {cpu_name()}, {default_threads()} cores available"
 
 
 def _timed(engine, requests: list[Request], params: SamplingParams) -> tuple[float, int, list[list[int]]]:

@@ -6,7 +6,6 @@ summaries, manifest.json), so it can be rebuilt at any time with `lite-delta run
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import platform
 from pathlib import Path
@@ -29,12 +28,9 @@ def _fmt(x, digits: int = 2) -> str:
 
 
 def environment() -> dict:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+    from lite_delta.environment import package_versions
+
+    versions = package_versions(PACKAGES)
     env = {"python": platform.python_version(), "platform": platform.platform(), "versions": versions}
     try:
         import torch
