@@ -120,3 +120,14 @@ def write_prompts():
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def derived_cache(tmp_path_factory, smollm2_gguf) -> Path:
+    """A lite-delta cache ($LITE_DELTA_CACHE) holding SmolLM2 Q4_1 requantized to Q2_K once (models/derive.py)."""
+    from lite_delta.models.derive import derive_gguf
+    from lite_delta.models.refs import DEMO_MODEL
+
+    root = tmp_path_factory.mktemp("lite_delta_cache")
+    derive_gguf(DEMO_MODEL, "Q2_K", cache_dir=root / "derived")
+    return root

@@ -13,7 +13,7 @@ def test_test_file_names_are_unique():
 import ast
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lite_delta"
-STAGES = ("generate", "pairs", "train", "evaluate")
+STAGES = ("meter", "generate", "pairs", "train", "evaluate")
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lite_delta.bootstrap import N_BOOTSTRAP, group_mean, resample_indices
 from lite_delta.errors import LiteDeltaError
 from lite_delta.evaluate.stage import PREDICTIONS_FILE, RESULTS_FILE, read_predictions
 from lite_delta.files import writable_dir, write_json, write_text
-
-N_BOOTSTRAP = 10_000
 
 
 def _load(run: Path) -> dict:
@@ -27,24 +26,6 @@ def _load(run: Path) -> dict:
         raise LiteDeltaError(f"no {RESULTS_FILE} in {run}: run `lite-delta eval --out {run}` first") from None
     except ValueError as exc:
         raise LiteDeltaError(f"{path} is not valid JSON ({exc})") from None
-
-
-def _task_score(scores: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
-    """Mean over the last axis, or the mean of per-group means (macro) when groups are given."""
-    if groups is None:
-        return scores.mean(axis=-1)
-    return np.mean([scores[..., groups == g].mean(axis=-1) for g in np.unique(groups)], axis=0)
-
-
-def _draws(n: int, groups: np.ndarray | None, rng: np.random.Generator, b: int) -> np.ndarray:
-    """(b, n) resampled item positions; within each group when there are groups (stratified bootstrap)."""
-    if groups is None:
-        return rng.integers(0, n, size=(b, n))
-    idx = np.empty((b, n), dtype=np.int64)
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
-        idx[:, members] = members[rng.integers(0, len(members), size=(b, len(members)))]
-    return idx
 
 
 def compare(base_dir: Path, tuned_dir: Path, out: Path, *, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
@@ -74,14 +55,14 @@ def compare(base_dir: Path, tuned_dir: Path, out: Path, *, n_bootstrap: int = N_
         t = np.array([float(t_items[i]["score"]) for i in ids])
         strata = [b_items[i].get("stratum") for i in ids]
         groups = np.array([str(s) for s in strata]) if task == "mmlu" else None
-        idx = _draws(len(ids), groups, rng, n_bootstrap)
-        bd, td = _task_score(b[idx], groups), _task_score(t[idx], groups)
+        idx = resample_indices(len(ids), groups, rng, n_bootstrap)
+        bd, td = group_mean(b[idx], groups), group_mean(t[idx], groups)
         base_draws.append(bd)
         tuned_draws.append(td)
         delta = td - bd
-        diff = float(_task_score(t, groups) - _task_score(b, groups))
+        diff = float(group_mean(t, groups) - group_mean(b, groups))
         rows.append({
-            "task": task, "n": len(ids), "base": float(_task_score(b, groups)), "tuned": float(_task_score(t, groups)),
+            "task": task, "n": len(ids), "base": float(group_mean(b, groups)), "tuned": float(group_mean(t, groups)),
             "diff": diff, "ci95": [float(np.percentile(delta, 2.5)), float(np.percentile(delta, 97.5))],
             "p_tuned_not_better": float(np.mean(delta <= 0)),
             "wins": int(np.sum(t > b)), "losses": int(np.sum(t < b)), "ties": int(np.sum(t == b)),
