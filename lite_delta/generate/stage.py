@@ -24,6 +24,7 @@ from lite_delta.inference.engine import (
     round_up,
 )
 from lite_delta.completions import COMPLETIONS_FILE, CompletionStore, completion_key
+from lite_delta.models.derive import derive_gguf
 from lite_delta.models.refs import model_identity, resolve_model
 from lite_delta.progress import progress_bar
 from lite_delta.prompts import load_prompts
@@ -47,6 +48,10 @@ def _previous_invocations(path: Path) -> list[dict]:
 
 def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
     """Answer every prompt ``samples_per_prompt`` times; resume from what ``out`` already holds."""
+    if cfg.endpoint is not None:  # OpenAI-compatible servers instead of a GGUF (generate/remote.py)
+        from lite_delta.generate.remote import generate_from_endpoints
+
+        return generate_from_endpoints(cfg, progress=progress)
     g = cfg.generation
     out = writable_dir(cfg.out, "--out")
     prompts, prompt_stats = load_prompts(
@@ -57,7 +62,10 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
         sample=cfg.prompts.sample,
         seed=cfg.prompts.seed,
     )
-    path = resolve_model(cfg.model)
+    path, derived = resolve_model(cfg.model), None
+    if cfg.derive:  # a rejected teacher made from this GGUF: requantized once, cached (models/derive.py)
+        path, derived = derive_gguf(cfg.model, cfg.derive)
+    model_label = f"{cfg.model} derived {derived['quant']}" if derived else cfg.model
     model = GGUFModel(path, n_gpu_layers=g.n_gpu_layers, chat_template=cfg.chat_template)
     identity = model_identity(path)
     params = SamplingParams(
@@ -97,9 +105,10 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
     manifest = {
         "stage": "generate",
         "status": "running",
-        "model": cfg.model,
+        "model": model_label,
         "model_file": str(path),
         "model_identity": identity,
+        **({"derived": derived} if derived else {}),
         "chat_template": model.chat_template,
         "system": g.system,
         "prompts": cfg.prompts.model_dump(),
@@ -140,7 +149,7 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
                         "finish_reason": done.finish_reason,
                         "prompt_tokens": len(done.request.tokens),
                         "completion_tokens": len(done.token_ids),
-                        "model": cfg.model,
+                        "model": model_label,
                         "seed": done.request.seed,
                     }
                 )

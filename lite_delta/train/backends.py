@@ -50,14 +50,25 @@ def targets(cfg: TrainConfig) -> list[str] | str:
     return cfg.lora_targets
 
 
-def load_unsloth(student: str, cfg: TrainConfig, precision: str):
-    """4-bit base through FastLanguageModel, LoRA through its get_peft_model; (model, tokenizer, None)."""
+def sharded_weights() -> bool:
+    """True under FSDP or DeepSpeed ZeRO-3 (set by accelerate launch): the weights are split across GPUs."""
+    import os
+
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or is_deepspeed_zero3_enabled()
+
+
+def load_unsloth(student: str, cfg: TrainConfig, precision: str, *, device_index: int | None = None):
+    """4-bit base through FastLanguageModel, LoRA through its get_peft_model; (model, tokenizer, None).
+    `device_index`: under DDP, the GPU of this process's local rank (Unsloth's multi-GPU mode is DDP)."""
     import_unsloth()
     from unsloth import FastLanguageModel
 
     dtype = None if precision == "fp32" else torch_dtype(precision)  # None: Unsloth picks (its CPU mode: bf16)
+    placement = {} if device_index is None else {"device_map": {"": device_index}}
     model, tokenizer = FastLanguageModel.from_pretrained(
-        student, max_seq_length=cfg.max_length, load_in_4bit=True, dtype=dtype
+        student, max_seq_length=cfg.max_length, load_in_4bit=True, dtype=dtype, **placement
     )
     model = FastLanguageModel.get_peft_model(
         model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0, bias="none",
@@ -66,8 +77,11 @@ def load_unsloth(student: str, cfg: TrainConfig, precision: str):
     return model, getattr(tokenizer, "tokenizer", tokenizer), None
 
 
-def load_peft(student: str, cfg: TrainConfig, precision: str, cuda: bool):
-    """NF4 4-bit with double quantization on a GPU, full precision on the CPU; (model, LoraConfig)."""
+def load_peft(student: str, cfg: TrainConfig, precision: str, cuda: bool, *, device_index: int = 0,
+              sharded: bool = False):
+    """NF4 4-bit with double quantization on a GPU, full precision on the CPU; (model, LoraConfig).
+    On a GPU: one 4-bit copy on GPU `device_index` (DDP: the local rank's); `sharded` (FSDP, ZeRO-3): the
+    4-bit weights stored as the compute dtype and no device_map, so the sharding engine can split them."""
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
@@ -76,11 +90,13 @@ def load_peft(student: str, cfg: TrainConfig, precision: str, cuda: bool):
     else:
         from transformers import BitsAndBytesConfig
 
+        storage = {"bnb_4bit_quant_storage": torch_dtype(precision)} if sharded else {}  # FSDP-QLoRA: bf16
         quant = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype(precision),
+            bnb_4bit_compute_dtype=torch_dtype(precision), **storage,
         )
-        model = AutoModelForCausalLM.from_pretrained(student, quantization_config=quant, device_map={"": 0})
+        placement = {"dtype": torch_dtype(precision)} if sharded else {"device_map": {"": device_index}}
+        model = AutoModelForCausalLM.from_pretrained(student, quantization_config=quant, **placement)
     lora = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, bias="none",
         target_modules=cfg.lora_targets, task_type="CAUSAL_LM",

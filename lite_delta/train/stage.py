@@ -4,11 +4,14 @@ Order of work: resolve the backend (Unsloth is imported before trl/peft), the pr
 device, the student (a GGUF is converted once) and its chat template; check BOS/EOS of the training
 sequences and fit prompts to their budget before any weights load, so a bad input fails in seconds;
 save one rendered pair; then train, with checkpoints, a step log, health warnings and a progress bar.
+Across processes started by `accelerate launch` (see launch.py) every process trains; only the main
+one writes the step log, the adapter, train.json and the run card, and prints.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from lite_delta.config import TrainConfig
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import writable_dir, write_json, write_text
 from lite_delta.precision import device_capability, resolve_precision
-from lite_delta.train.backends import import_unsloth, load_peft, load_unsloth, resolve_backend
+from lite_delta.train.backends import import_unsloth, load_peft, load_unsloth, resolve_backend, sharded_weights
 from lite_delta.train.pairs_io import describe_degenerate, drop_degenerate, load_pairs, pairs_source, pairs_stats
 from lite_delta.train.sequences import (
     check_sequences,
@@ -56,17 +59,34 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if not resume and last_checkpoint(checkpoints):
         raise LiteDeltaError(f"{out} already has checkpoints: pass --resume to continue, or use a new --out")
     rows, degenerate = drop_degenerate(load_pairs(cfg.pairs), pairs_source(cfg.pairs))  # before any weights load
-    if any(degenerate.values()):
-        log.warning("%s: dropped %d degenerate pairs (%s)", pairs_source(cfg.pairs), sum(degenerate.values()),
-                    describe_degenerate(degenerate))
     capability, device = device_capability()
     precision = resolve_precision(cfg.precision, capability, device)
+    # Before any weights load: it joins this process to those `accelerate launch` started (rank, device,
+    # gloo on the CPU), and under DeepSpeed ZeRO-3 lets from_pretrained shard the weights as they load.
+    if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # gloo processes: accelerate names their device cpu:RANK, which the Trainer's resume passes to
+        # torch.load as map_location and torch cannot map; plain "cpu" (accelerate's own variable) can.
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
+    args = dpo_args(cfg, checkpoints, cuda=cuda, backend=backend, precision=precision)
+    main = args.process_index == 0  # across processes, only the main one writes files and prints
+    progress = progress and main
+    if not main:  # the libraries' loading bars and notes once, from the main process
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    if main and any(degenerate.values()):
+        log.warning("%s: dropped %d degenerate pairs (%s)", pairs_source(cfg.pairs), sum(degenerate.values()),
+                    describe_degenerate(degenerate))
     out.mkdir(parents=True, exist_ok=True)
-    student = prepare_student(cfg.student, out / "student")
+    with args.main_process_first(local=False, desc="student conversion"):  # a GGUF is converted once
+        student = prepare_student(cfg.student, out / "student")
 
     from datasets import Dataset
     from transformers import AutoTokenizer, PrinterCallback
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     from lite_delta.train.callbacks import ProgressBar, StepLog  # imports transformers: after Unsloth
 
@@ -80,24 +100,89 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if not rows:
         raise LiteDeltaError(f"no prompt in {cfg.pairs} fits in {budget} tokens: raise max_prompt_length")
     pair_text = rendered_pair(tokenizer, rows[0])
-    write_text(out / RENDERED_PAIR, pair_text)
+    if main:
+        write_text(out / RENDERED_PAIR, pair_text)
     if progress:
         console.print(f"[bold]One training pair as the student sees it[/bold] (also in {out / RENDERED_PAIR}):")
         console.print(pair_text[:3000], markup=False, highlight=False)
 
+    distributed = args.world_size > 1
+    if backend == "unsloth" and cuda and sharded_weights():
+        raise LiteDeltaError("FSDP and DeepSpeed ZeRO-3 shard the weights, which Unsloth's 4-bit loader does not: "
+                             "pass --backend peft (Unsloth's multi-GPU mode is DDP: --num-processes N alone)")
     if backend == "unsloth":
-        model, unsloth_tokenizer, lora = load_unsloth(student, cfg, precision)
+        model, unsloth_tokenizer, lora = load_unsloth(
+            student, cfg, precision, device_index=args.local_process_index if cuda and distributed else None)
         unsloth_tokenizer.chat_template, unsloth_tokenizer.pad_token = template, tokenizer.pad_token
         tokenizer = unsloth_tokenizer
         if not cuda:  # Unsloth's CPU mode picks its own dtype (bf16 where the CPU has it)
             precision = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(model.dtype), "fp32")
     else:
-        model, lora = load_peft(student, cfg, precision, cuda)
+        model, lora = load_peft(student, cfg, precision, cuda, device_index=args.local_process_index,
+                                sharded=cuda and sharded_weights())
     if not cuda:
         from lite_delta.train.trl_cpu import use_torch_logprob_without_gpu
 
         use_torch_logprob_without_gpu()
-    args = DPOConfig(
+    step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss, main=main)
+    bar = ProgressBar(step_log, console) if progress else None
+    callbacks = [step_log] + ([bar] if bar else [])
+    # With a PEFT model and no ref_model, TRL's reference is the student with the adapter disabled.
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=lora, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # the step log and the progress bar say it once, readably
+    resume_from = last_checkpoint(checkpoints) if resume else None
+    if resume and resume_from is None and main:
+        log.warning("no checkpoint in %s: starting from the beginning", checkpoints)
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except torch.OutOfMemoryError:
+        raise LiteDeltaError(oom_message(cfg, student, trainer.state.global_step)) from None
+    finally:
+        if bar is not None:
+            bar.close()  # a failed or interrupted run leaves no bar drawing, nor a timer printing
+    adapter = out / "adapter"
+    if trainer.is_fsdp_enabled:  # FSDP's shards gathered into one adapter file (PEFT's FSDP-QLoRA recipe)
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(adapter))  # every process: ZeRO-3/FSDP gather the weights; only the main one writes
+    if not main:
+        return out
+    tokenizer.save_pretrained(str(adapter))
+    records = step_log.records
+    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    summary = {
+        "student": cfg.student,
+        "student_path": student,
+        "backend": backend,
+        "device": device,
+        "precision": precision,
+        "chat_template": {"source": template_source, "sha256": template_sha(template)},
+        "config": cfg.model_dump(mode="json"),
+        "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,
+                  "prompt_budget_tokens": budget, "degenerate_dropped": degenerate},
+        "steps": trainer.state.global_step,
+        "processes": args.world_size,
+        "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size,
+        "resumed_from": resume_from,
+        "seconds": round(time.perf_counter() - started, 1),
+        "tokens_per_s_mean": round(sum(rates) / len(rates), 1) if rates else None,
+        "peak_gpu_gb": max((r.get("peak_gpu_gb", 0) for r in records), default=None) if cuda else None,
+        "health_warnings": [vars(w) for w in step_log.warnings],
+        "last_log": records[-1] if records else None,
+    }
+    _write_run_card(adapter, summary)
+    if cfg.merge:
+        summary["merged"] = str(merge_adapter(student, adapter, out / "merged", precision))
+    write_json(out / "train.json", summary)
+    return out
+
+
+def dpo_args(cfg: TrainConfig, checkpoints: Path, *, cuda: bool, backend: str, precision: str):
+    """TRL's DPOConfig for this run: the recipe's knobs, the paper's AdamW betas, checkpoints every save_steps."""
+    from trl import DPOConfig
+
+    return DPOConfig(
         output_dir=str(checkpoints),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -118,58 +203,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=[],
+        ddp_find_unused_parameters=False,  # DDP: every LoRA weight has a gradient each step; True only slows it
         disable_tqdm=True,
         use_cpu=not cuda,
         adam_beta2=0.95,  # the paper's AdamW betas (0.9, 0.95)
         bf16=cuda and precision == "bf16",
         fp16=cuda and precision == "fp16",
     )
-    step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss)
-    bar = ProgressBar(step_log, console) if progress else None
-    callbacks = [step_log] + ([bar] if bar else [])
-    # With a PEFT model and no ref_model, TRL's reference is the student with the adapter disabled.
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=lora, callbacks=callbacks)
-    trainer.remove_callback(PrinterCallback)  # the step log and the progress bar say it once, readably
-    resume_from = last_checkpoint(checkpoints) if resume else None
-    if resume and resume_from is None:
-        log.warning("no checkpoint in %s: starting from the beginning", checkpoints)
-    started = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    except torch.OutOfMemoryError:
-        raise LiteDeltaError(oom_message(cfg, student, trainer.state.global_step)) from None
-    finally:
-        if bar is not None:
-            bar.close()  # a failed or interrupted run leaves no bar drawing, nor a timer printing
-    adapter = out / "adapter"
-    trainer.save_model(str(adapter))
-    tokenizer.save_pretrained(str(adapter))
-    records = step_log.records
-    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
-    summary = {
-        "student": cfg.student,
-        "student_path": student,
-        "backend": backend,
-        "device": device,
-        "precision": precision,
-        "chat_template": {"source": template_source, "sha256": template_sha(template)},
-        "config": cfg.model_dump(mode="json"),
-        "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,
-                  "prompt_budget_tokens": budget, "degenerate_dropped": degenerate},
-        "steps": trainer.state.global_step,
-        "resumed_from": resume_from,
-        "seconds": round(time.perf_counter() - started, 1),
-        "tokens_per_s_mean": round(sum(rates) / len(rates), 1) if rates else None,
-        "peak_gpu_gb": max((r.get("peak_gpu_gb", 0) for r in records), default=None) if cuda else None,
-        "health_warnings": [vars(w) for w in step_log.warnings],
-        "last_log": records[-1] if records else None,
-    }
-    _write_run_card(adapter, summary)
-    if cfg.merge:
-        summary["merged"] = str(merge_adapter(student, adapter, out / "merged", precision))
-    write_json(out / "train.json", summary)
-    return out
 
 
 def oom_message(cfg: TrainConfig, student: str, step: int) -> str:
@@ -239,6 +279,7 @@ def _write_run_card(adapter: Path, summary: dict) -> None:
         f"| backend, device, precision | {summary['backend']}, {summary['device']}, {summary['precision']} |",
         f"| chat template | from the {summary['chat_template']['source']}, sha256 {summary['chat_template']['sha256']} |",
         f"| steps | {summary['steps']} |",
+        f"| processes, global batch | {summary['processes']}, {summary['global_batch']} |",
         f"| final loss / margin / accuracy | {last.get('loss')} / {last.get('rewards/margins')} / {last.get('rewards/accuracies')} |",
     ]
     (adapter / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
