@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import llama_cpp
+import numpy as np
 from llama_cpp import _internals, _logger
 
 from lite_delta.errors import LiteDeltaError
@@ -33,17 +34,35 @@ def gpu_offload_available() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+def cpu_runs_amx(cpuinfo: str | None = None) -> bool:
+    """Whether programs may use AMX tiles here: the kernel lists ``amx_tile`` in /proc/cpuinfo only where
+    the CPU has AMX and the kernel (or VM) enabled its state; True when that cannot be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return True
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return "amx_tile" in line.split(":", 1)[-1].split()
+    return True
+
+
 def cpu_extra_buffers() -> bool:
     """Whether llama.cpp may use its CPU "extra" weight buffers (AMX tiles, repacked layouts).
 
-    ggml's AMX kernels segfault where the CPU advertises AMX but the VM does not enable it (seen on
-    cloud VMs; a native build compiles AMX in there). Repacking is a modest CPU speed-up, so with an
-    AMX build we go without both. LITE_DELTA_CPU_EXTRA_BUFFERS=1 or 0 overrides.
+    ggml's AMX kernels segfault on some AMX machines (ggml_backend_amx_mul_mat; seen on cloud VMs with
+    recent Xeons, where a native build compiles AMX in), and llama.cpp switches AMX and repacking on and
+    off together, so where an AMX build runs on a CPU that runs AMX we go without both. Elsewhere
+    repacking stays on: ggml asks the kernel for the AMX tile state before it uses AMX at all, so a
+    CPU without ``amx_tile`` only ever gets the repacked layouts (Q4_0, Q4_K, IQ4_NL on AVX2).
+    LITE_DELTA_CPU_EXTRA_BUFFERS=1 or 0 overrides.
     """
     setting = os.environ.get("LITE_DELTA_CPU_EXTRA_BUFFERS", "auto")
     if setting in ("0", "1"):
         return setting == "1"
-    return "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    amx_build = "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    return not (amx_build and cpu_runs_amx())
 
 
 @contextlib.contextmanager
@@ -308,6 +327,12 @@ class BatchedEngine:
     resumed: llama.cpp picks kernels (and so rounding) by batch shape. The prefix every prompt
     shares (template header, system prompt) is prefilled once into a spare KV stream and copied
     into each slot, as llama.cpp's high-level API reuses a cached prefix.
+
+    ``share_prompts`` (default): the samples of one prompt (requests with the same tokens, side by
+    side in the queue) prefill it once; the others copy its KV stream and draw their first token
+    from its saved logits, the very numbers their own prefill would give, so the answers are the same. ``live_rows``: decode steps carry only the
+    slots still generating, so the tail of a run stops paying for throwaway rows; the batch shape
+    then depends on what else is running (opt-in: see the README's reproducibility notes).
     """
 
     name = "batched"
@@ -322,11 +347,16 @@ class BatchedEngine:
         n_batch: int = 512,
         flash_attn: bool = True,
         adapter: LoraAdapter | None = None,
+        share_prompts: bool = True,
+        live_rows: bool = False,
     ):
         self.model = model
         self.adapter = adapter
         self.n_ctx_per_seq = round_up(n_ctx_per_seq)
         self.n_threads = n_threads or default_threads()
+        self.share_prompts = share_prompts
+        self.live_rows = live_rows
+        self.spare_streams = 2 if share_prompts else 1  # the shared prefix; the last repeated prompt
         self.n_batch = max(n_batch, slots, MIN_PREFILL_ROWS)
         self.flash_attn = flash_attn
         self.ctx = None
@@ -347,13 +377,20 @@ class BatchedEngine:
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.pad_token = model.model.token_bos() if model.model.token_bos() >= 0 else 0
         self.prefix_len = 0
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(model.model.vocab)
+        self.prompt_cache = slots + 1  # the KV stream holding the last repeated prompt (share_prompts)
+        self.cached_prompt: tuple[int, ...] | None = None
+        self.cached_logits = None  # its last position's logits, as numpy float32
+        self.repeats: dict[tuple[int, ...], int] = {}
+        self.shared_prefills = 0
+        self.candidates = None  # a llama_token_data array for sampling from saved logits
 
     def _new_context(self, slots: int):
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self.n_ctx_per_seq * (slots + 1)  # + the shared-prefix stream
+        params.n_ctx = self.n_ctx_per_seq * (slots + self.spare_streams)  # + the spare streams
         params.n_batch = self.n_batch
         params.n_ubatch = min(self.n_batch, 512)
-        params.n_seq_max = slots + 1
+        params.n_seq_max = slots + self.spare_streams
         # One KV stream per slot: a slot owns n_ctx_per_seq cells, so none can starve another
         # (measured faster here than a unified cache too).
         params.kv_unified = False
@@ -395,6 +432,13 @@ class BatchedEngine:
         slots: list[_Slot | None] = [None] * self.slots
         exhausted = False
         self.prefix_len = shared_prefix([r.tokens for r in requests])
+        self.cached_prompt = self.cached_logits = None
+        self.repeats = {}
+        self.shared_prefills = 0  # prompts copied from the prompt cache instead of prefilled
+        if self.share_prompts:
+            for r in requests:
+                key = tuple(r.tokens)
+                self.repeats[key] = self.repeats.get(key, 0) + 1
         if self.prefix_len:
             self._prefill_positions(self.slots, requests[0].tokens, 0, self.prefix_len, logits=False)
         try:
@@ -405,8 +449,8 @@ class BatchedEngine:
                         if request is None:
                             exhausted = True
                             break
-                        slot = self._prefill(s, request, params)
-                        done = self._sample(slot, self.batch.n_tokens - 1)
+                        slot, logits = self._prefill(s, request, params)
+                        done = self._sample(slot, self.batch.n_tokens - 1, logits)
                         if done is None:
                             slots[s] = slot
                         else:
@@ -415,18 +459,21 @@ class BatchedEngine:
                 if all(slot is None for slot in slots):
                     return
                 self.batch.n_tokens = 0
-                for s, slot in enumerate(slots):  # one row per slot, always in slot order
+                rows = [-1] * self.slots
+                for s, slot in enumerate(slots):  # one row per slot (live_rows: per live slot), in slot order
                     if slot is None:
+                        if self.live_rows:
+                            continue
                         llama_cpp.llama_memory_seq_rm(self.memory, s, -1, -1)
                         self._add(self.pad_token, 0, s, True)
                     else:
-                        self._add(slot.next_token, slot.n_past, s, True)
+                        rows[s] = self._add(slot.next_token, slot.n_past, s, True)
                         slot.n_past += 1
                 self._decode()
                 for s, slot in enumerate(slots):
                     if slot is None:
                         continue
-                    done = self._sample(slot, s)
+                    done = self._sample(slot, rows[s])
                     if done is not None:
                         yield done
                         self._clear(s, slot)
@@ -436,19 +483,35 @@ class BatchedEngine:
                 if slot is not None:
                     self._clear(s, slot)
 
-    def _prefill(self, s: int, request: Request, params: SamplingParams) -> _Slot:
+    def _prefill(self, s: int, request: Request, params: SamplingParams):
+        """Fill slot ``s`` with the request's prompt; return the slot and, when its prompt came from the
+        prompt cache, the saved logits to draw its first token from (else None: the batch's last row)."""
         prompt = request.tokens
         room = self.n_ctx_per_seq - len(prompt)
         if room < 1:
             raise LiteDeltaError(
                 f"a prompt of {len(prompt)} tokens does not fit the {self.n_ctx_per_seq}-token context"
             )
+        decoding = _Decoding(self.model, params, min(params.max_tokens, room))
+        slot = _Slot(request, _new_sampler(params, request.seed), decoding, n_past=len(prompt))
+        key = tuple(prompt) if self.share_prompts else None
+        if key is not None:
+            self.repeats[key] -= 1
         llama_cpp.llama_memory_seq_rm(self.memory, s, -1, -1)
+        if key is not None and key == self.cached_prompt:  # the whole prompt's KV, copied before the next decode
+            llama_cpp.llama_memory_seq_cp(self.memory, self.prompt_cache, s, -1, -1)
+            self.shared_prefills += 1
+            return slot, self.cached_logits
         if self.prefix_len:  # a full-stream copy, done by llama.cpp before the next decode
             llama_cpp.llama_memory_seq_cp(self.memory, self.slots, s, -1, -1)
         self._prefill_positions(s, prompt, self.prefix_len, len(prompt), logits=True)
-        decoding = _Decoding(self.model, params, min(params.max_tokens, room))
-        return _Slot(request, _new_sampler(params, request.seed), decoding, n_past=len(prompt))
+        if key is not None and self.repeats[key] > 0:  # more samples of this prompt to come: keep it
+            row = llama_cpp.llama_get_logits_ith(self.ctx, self.batch.n_tokens - 1)
+            self.cached_logits = np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
+            self.cached_prompt = key
+            llama_cpp.llama_memory_seq_rm(self.memory, self.prompt_cache, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self.memory, s, self.prompt_cache, -1, -1)
+        return slot, None
 
     def _prefill_positions(self, seq: int, tokens: list[int], start: int, end: int, logits: bool) -> None:
         for a, b in prefill_chunks(start, end, self.n_batch):
@@ -457,13 +520,28 @@ class BatchedEngine:
                 self._add(tokens[pos], pos, seq, logits and pos == end - 1)
             self._decode()
 
-    def _sample(self, slot: _Slot, row: int) -> Completion | None:
-        token = llama_cpp.llama_sampler_sample(slot.sampler.sampler, self.ctx, row)
+    def _sample(self, slot: _Slot, row: int, logits=None) -> Completion | None:
+        if logits is None:
+            token = llama_cpp.llama_sampler_sample(slot.sampler.sampler, self.ctx, row)
+        else:
+            token = self._sample_saved(slot.sampler, logits)
         reason = slot.decoding.push(token)
         if reason is None:
             slot.next_token = token
             return None
         return slot.decoding.result(slot.request, reason)
+
+    def _sample_saved(self, sampler: _internals.LlamaSampler, logits) -> int:
+        """What llama_sampler_sample does with a context's logits row, on saved logits instead."""
+        if self.candidates is None:
+            self.candidates = _internals.LlamaTokenDataArray(n_vocab=self.n_vocab)
+        cand = self.candidates
+        cand.copy_logits(logits)
+        cand.candidates.selected = -1
+        llama_cpp.llama_sampler_apply(sampler.sampler, ctypes.byref(cand.candidates))
+        token = int(cand.candidates_data.id[cand.candidates.selected])
+        llama_cpp.llama_sampler_accept(sampler.sampler, token)
+        return token
 
     def _clear(self, s: int, slot: _Slot) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, s, -1, -1)

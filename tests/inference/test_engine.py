@@ -158,3 +158,50 @@ def test_sampled_answers_do_not_depend_on_the_rest_of_the_queue(smollm2):
     assert engine.prefix_len > len(tail[0].tokens) - 10
     engine.close()
     assert all(resumed[r.key].token_ids == full[r.key].token_ids for r in tail)
+
+
+def _samples(model: GGUFModel, n_prompts: int, k: int) -> list[Request]:
+    """k samples of each prompt, side by side in the queue as the generate stage orders them."""
+    return [Request(f"{r.key}-{j}", r.tokens, 97 * i + j) for i, r in enumerate(_requests(model, n_prompts)) for j in range(k)]
+
+
+def test_share_prompts_gives_the_same_tokens(smollm2):
+    """Samples of one prompt prefill it once and copy its KV: the answers are those of separate prefills."""
+    requests = _samples(smollm2, 3, 3)
+    for params in (SamplingParams(temperature=0.9, max_tokens=20), SamplingParams(temperature=0.0, max_tokens=12)):
+        plain = _run(BatchedEngine(smollm2, slots=4, n_ctx_per_seq=512), requests, params)
+        engine = BatchedEngine(smollm2, slots=4, n_ctx_per_seq=512, share_prompts=True)
+        shared = {c.request.key: c for c in engine.generate(requests, params)}
+        assert engine.shared_prefills >= 4, "later samples of a prompt were copied, not prefilled"
+        engine.close()
+        assert set(shared) == set(plain)
+        assert all(shared[r.key].token_ids == plain[r.key].token_ids for r in requests)
+        assert all(shared[r.key].finish_reason == plain[r.key].finish_reason for r in requests)
+
+
+def test_live_rows_completes_every_request(smollm2):
+    """Decoding only the live slots still answers every request, with lengths as the budget allows."""
+    requests = _samples(smollm2, 3, 2)
+    params = SamplingParams(temperature=0.9, max_tokens=24)
+    live = _run(BatchedEngine(smollm2, slots=4, n_ctx_per_seq=512, live_rows=True), requests, params)
+    assert all(c.finish_reason in ("stop", "length") and 0 < len(c.token_ids) <= 24 for c in live.values())
+    assert any(c.finish_reason == "length" and len(c.token_ids) == 24 for c in live.values())
+    fixed = _run(BatchedEngine(smollm2, slots=4, n_ctx_per_seq=512, live_rows=True), _requests(smollm2, 5),
+                 SamplingParams(max_tokens=6, ignore_eos=True))
+    assert sorted(len(c.token_ids) for c in fixed.values()) == [6] * 5
+
+
+def test_extra_buffers_stay_on_unless_an_amx_build_meets_an_amx_cpu(monkeypatch):
+    import lite_delta.inference.engine as engine
+
+    assert engine.cpu_runs_amx("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile amx_int8\n")
+    assert not engine.cpu_runs_amx("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert engine.cpu_runs_amx("no flags line here"), "unknown: assume AMX (the safe side)"
+    monkeypatch.delenv("LITE_DELTA_CPU_EXTRA_BUFFERS", raising=False)
+    for build, cpu, expected in [(b"AVX2 = 1 | AMX_INT8 = 1 |", True, False), (b"AVX2 = 1 | AMX_INT8 = 1 |", False, True),
+                                 (b"AVX2 = 1 | REPACK = 1 |", True, True)]:
+        monkeypatch.setattr(engine.llama_cpp, "llama_print_system_info", lambda build=build: build)
+        monkeypatch.setattr(engine, "cpu_runs_amx", lambda cpu=cpu: cpu)
+        assert engine.cpu_extra_buffers() is expected
+    monkeypatch.setenv("LITE_DELTA_CPU_EXTRA_BUFFERS", "1")
+    assert engine.cpu_extra_buffers() is True

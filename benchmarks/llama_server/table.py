@@ -1,0 +1,48 @@
+"""Print a README-ready table (min–max over runs) from `lite-delta bench generate --peer llama-server` JSON files.
+
+    python benchmarks/llama_server/table.py benchmarks/results/peer-*.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def span(values: list[float], digits: int = 1) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.{digits}f}" if round(lo, digits) == round(hi, digits) else f"{lo:.{digits}f}–{hi:.{digits}f}"
+
+
+def main(paths: list[str]) -> None:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for path in paths:
+        r = json.loads(Path(path).read_text(encoding="utf-8"))
+        groups[(r["workload"], r["prompts"], r["samples_per_prompt"], r["max_tokens"], r["slots"])].append(r)
+    engines = sorted({name for rs in groups.values() for r in rs for name in r["runs"]},
+                     key=lambda n: (n != "batched", n == "sequential", n == "llama-server", n))
+    device = next(iter(groups.values()))[0]["device"]
+    print(f"Device: {device}; llama-cpp-python {next(iter(groups.values()))[0]['llama_cpp_python']}\n")
+    head = ["workload", "slots", "sequences × max new tokens", "runs"] + [f"{e} tok/s" for e in engines]
+    head += [f"batched / {e}" for e in engines if e != "batched"] + ["identical to batched"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for (workload, prompts, samples, max_tokens, slots), rs in sorted(groups.items()):
+        label = f"{prompts} × {max_tokens}" if samples == 1 else f"{prompts} prompts × {samples} samples × ≤{max_tokens}"
+        row = [workload, str(slots), label, str(len(rs))]
+        row += [span([r["runs"][e]["tok_s"] for r in rs if e in r["runs"]]) if any(e in r["runs"] for r in rs) else "–"
+                for e in engines]
+        row += [(span([r["batched_over"][e] for r in rs if e in r["batched_over"]], 2) + "×")
+                if any(e in r["batched_over"] for r in rs) else "–" for e in engines if e != "batched"]
+        same = defaultdict(list)
+        for r in rs:
+            for e, n in r["identical_to_batched"].items():
+                same[e].append(n)
+        row.append(", ".join(f"{e} {min(v)}/{rs[0]['sequences']}" for e, v in same.items()))
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
