@@ -28,13 +28,13 @@ console = Console(stderr=True)
 def run(
     recipe: Optional[Path] = typer.Argument(None, help="recipe YAML; the offline demo when omitted"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="runs are written to RUNS_DIR/NAME"),
-    from_stage: Optional[str] = typer.Option(None, "--from", help="rerun from this stage: generate, pair, train, "
-                                             "export, evaluate, report"),
+    from_stage: Optional[str] = typer.Option(None, "--from", help="rerun from this stage: meter, generate, pair, "
+                                             "train, sft, export, evaluate, report"),
     until_stage: Optional[str] = typer.Option(None, "--until", help="stop after this stage"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (models, sizes, steps, VRAM, ETA) only"),
     overrides: list[str] = typer.Option([], "--set", help="override a recipe field: KEY=VALUE, e.g. train.max_steps=20"),
 ) -> None:
-    """Run a recipe end to end into runs/NAME: generate -> pair -> train -> export -> evaluate -> report.
+    """Run a recipe end to end into runs/NAME: (meter ->) generate -> pair -> train -> (sft ->) export -> evaluate -> report.
 
     Finished stages are skipped, an interrupted one resumes, and a changed setting reruns its stage
     and the ones after it (see runs/NAME/manifest.json)."""
@@ -49,7 +49,7 @@ def run(
 
 @app.command()
 def generate(
-    model: str = typer.Option(..., help="local .gguf, hf://ORG/REPO/FILE.gguf (globs ok) or pkg://PACKAGE/FILE.gguf"),
+    model: Optional[str] = typer.Option(None, help="local .gguf, hf://ORG/REPO/FILE.gguf (globs ok) or pkg://PACKAGE/FILE.gguf"),
     prompts: str = typer.Option(..., help="jsonl/json/parquet file, Hub dataset id, or builtin:NAME"),
     out: Path = typer.Option(..., help="output directory (completions.jsonl); rerun to resume"),
     n: Optional[int] = typer.Option(None, min=1, help="use N prompts (deterministic sample)"),
@@ -65,14 +65,32 @@ def generate(
     max_prompt_tokens: int = typer.Option(2046, min=1, help="longer prompts are dropped and counted"),
     stop: Optional[list[str]] = typer.Option(None, help="stop string (repeatable)"),
     engine: str = typer.Option("batched", help="batched | sequential"),
+    endpoint: Optional[list[str]] = typer.Option(None, help="OpenAI-compatible server URL instead of --model, e.g. "
+                                                 "http://HOST:8080/v1 (repeatable: all used at once)"),
+    endpoint_model: Optional[str] = typer.Option(None, help="model name the servers list (default: the one served)"),
+    endpoint_name: Optional[str] = typer.Option(None, help="your name for the served teacher (records, identity)"),
+    max_in_flight: int = typer.Option(8, min=1, help="requests in flight per endpoint"),
+    request_timeout: float = typer.Option(600.0, min=0.001, help="seconds per request"),
+    retries: int = typer.Option(5, min=0, help="failures in a row before an endpoint is left out"),
+    backoff: float = typer.Option(1.0, min=0.001, help="first wait after a failure, seconds (doubles)"),
+    api_key_env: Optional[str] = typer.Option(None, help="environment variable holding the endpoints' API key"),
+    derive: Optional[str] = typer.Option(None, help="answer with --model requantized to this llama.cpp quant type "
+                                         "(a derived rejected teacher, e.g. Q2_K; made once, cached)"),
 ) -> None:
-    """Answer every prompt with one GGUF model through llama.cpp."""
+    """Answer every prompt with one GGUF model through llama.cpp, or with OpenAI-compatible servers (--endpoint)."""
     from lite_delta.config import GenerateConfig
     from lite_delta.generate import generate as run_generate
+    from lite_delta.models.derive import check_derive
+
+    derive = check_derive(derive, "--derive") if derive else None
 
     cfg = _validated(
         GenerateConfig,
         model=model,
+        derive=derive,
+        endpoint=dict(endpoints=endpoint, model=endpoint_model, name=endpoint_name, max_in_flight=max_in_flight,
+                      timeout=request_timeout, retries=retries, backoff=backoff, api_key_env=api_key_env)
+        if endpoint else None,
         out=out,
         prompts=dict(source=prompts, column=prompt_column, split=split, n=n, max_prompt_tokens=max_prompt_tokens),
         generation=dict(
@@ -99,6 +117,8 @@ def pair(
     samples: Optional[Path] = typer.Option(None, help="generate output with several samples per prompt (by_score)"),
     scorer: str = typer.Option("sections", help="sections | paragraphs | list_items | length | module:function"),
     min_margin: float = typer.Option(1.0, min=0.0, help="by_score: smallest score gap kept"),
+    pairs_per_prompt: int = typer.Option(1, min=1, help="by_score: up to N disjoint pairs per prompt "
+                                                         "(best-worst, 2nd best-2nd worst, ...)"),
     allow_truncated: bool = typer.Option(False, help="keep answers cut by max_tokens"),
     max_length: Optional[int] = typer.Option(2048, min=1, help="prompt+answer tokens per side"),
 ) -> None:
@@ -114,6 +134,7 @@ def pair(
         samples=samples,
         scorer=scorer,
         min_margin=min_margin,
+        pairs_per_prompt=pairs_per_prompt,
         allow_truncated=allow_truncated,
         max_length=max_length,
         out=out,
@@ -135,19 +156,25 @@ def train(
     config: Optional[Path] = typer.Option(None, help="YAML of training fields (CLI options override it)"),
     resume: bool = typer.Option(False, help="continue from the last checkpoint in OUT"),
     merge: Optional[bool] = typer.Option(None, "--merge", help="also save a 16-bit model with the adapter merged in"),
+    num_processes: Optional[int] = typer.Option(None, "--num-processes", help="train in N processes (GPUs) that "
+                                                "accelerate launch starts: DDP (global batch x N)"),
+    accelerate_config: Optional[str] = typer.Option(None, "--accelerate-config", help="ddp | zero3 | fsdp-qlora "
+                                                    "(shipped) or an accelerate config YAML"),
 ) -> None:
     """DPO the student on preference pairs with LoRA (Unsloth 4-bit on a CUDA GPU, PEFT otherwise)."""
     from lite_delta.config import TrainConfig, load_train_config
-    from lite_delta.train.stage import train as run_train
+    from lite_delta.train.launch import process_rank, run_training
 
     overrides = dict(pairs=pairs, student=student, out=out, backend=backend, loss=loss, max_steps=max_steps,
-                     learning_rate=lr, beta=beta, merge=merge)
+                     learning_rate=lr, beta=beta, merge=merge, num_processes=num_processes,
+                     accelerate_config=accelerate_config)
     if config is not None:
         cfg = load_train_config(config, **overrides)
     else:
         cfg = _validated(TrainConfig, **{k: v for k, v in overrides.items() if v is not None})
-    path = run_train(cfg, resume=resume)
-    console.print(f"[green]done[/green]: {path / 'adapter'}")
+    path = run_training(cfg, resume=resume)
+    if process_rank() == 0:  # under `accelerate launch -m lite_delta train`, said once
+        console.print(f"[green]done[/green]: {path / 'adapter'}")
 
 
 @app.command("export")
@@ -207,20 +234,34 @@ def doctor(
 @bench_app.command("generate")
 def bench_generate(
     model: str = typer.Option(..., help="GGUF model reference"),
-    parallel: int = typer.Option(32, min=1, help="slots of the batched engine"),
+    parallel: int = typer.Option(32, min=1, help="slots of the batched engine (and of llama-server)"),
     prompts: int = typer.Option(64, min=1, help="number of prompts (built-in demo set, cycled)"),
-    max_tokens: int = typer.Option(64, min=1, help="new tokens per prompt (fixed: end tokens ignored)"),
+    max_tokens: Optional[int] = typer.Option(
+        None, min=1, help="new tokens per answer (default: 64 fixed, end tokens ignored; 200 by_score)"),
     out: Optional[Path] = typer.Option(None, help="write the figures as JSON here"),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: all cores)"),
+    workload: str = typer.Option("fixed", help="fixed (greedy, fixed length) | by_score (k samples at T 0.9, stop on EOS)"),
+    samples: int = typer.Option(4, min=1, help="by_score: samples per prompt"),
+    variant: Optional[list[str]] = typer.Option(
+        None, help="also run the batched engine with other levers (repeatable; + combines): share_prompts=0|1 "
+        "(default on), live_rows[=0|1] (default off), extra_buffers=0|1 (the model reloaded so)"),
+    sequential: bool = typer.Option(True, "--sequential/--no-sequential", help="run the one-at-a-time loop too"),
+    peer: Optional[str] = typer.Option(None, help="llama-server: also run llama.cpp's own server, N slots, N clients"),
+    server_bin: Optional[Path] = typer.Option(None, help="the llama-server binary (benchmarks/llama_server/build.sh)"),
 ) -> None:
-    """Batched engine vs the sequential one-prompt-at-a-time loop, same prompts, one run."""
+    """Batched engine vs the sequential one-prompt-at-a-time loop (and llama-server), same prompts, one run."""
     from lite_delta.bench import bench_generate as run_bench
 
-    result = run_bench(model, parallel=parallel, n_prompts=prompts, max_tokens=max_tokens, n_threads=threads, out=out)
-    print(
-        f"batched {result['batched_tok_s']:.1f} tok/s | sequential {result['sequential_tok_s']:.1f} tok/s | "
-        f"speedup {result['speedup']:.2f}x  ({result['slots']} slots, {result['n_threads']} threads, {result['device']})"
-    )
+    result = run_bench(model, parallel=parallel, n_prompts=prompts, max_tokens=max_tokens, n_threads=threads, out=out,
+                       workload=workload, samples=samples, variants=variant or (), sequential=sequential, peer=peer,
+                       server_bin=server_bin)
+    rates = " | ".join(f"{name} {r['tok_s']:.1f} tok/s" for name, r in result["runs"].items())
+    ratios = ", ".join(f"{result['batched_over'][name]:.2f}x over {name}" for name in result["batched_over"])
+    print(f"{result['workload']}: {rates}")
+    print(f"batched: {ratios}; identical to batched: {result['identical_to_batched']} of {result['sequences']}  "
+          f"({result['slots']} slots, {result['n_threads']} threads, {result['device']})")
+    if "speedup" in result:
+        print(f"speedup {result['speedup']:.2f}x (batched over sequential)")
 
 
 @bench_app.command("train")
@@ -315,6 +356,52 @@ def compare_(
     run_compare(base_dir, tuned_dir, out)
     print((out / "compare.md").read_text(encoding="utf-8"), end="")
     console.print(f"[green]done[/green]: {out / 'compare.md'}")
+
+
+@app.command("meter")
+def meter_(
+    chosen: Optional[str] = typer.Option(None, help="the stronger teacher: .gguf, hf://ORG/REPO/FILE.gguf or pkg://..."),
+    rejected: Optional[str] = typer.Option(None, help="the weaker teacher (or --derive)"),
+    derive: Optional[str] = typer.Option(None, help="rejected = the chosen GGUF requantized to this llama.cpp quant "
+                                         "type, e.g. Q2_K (lossy from a quantized file; F16/BF16 is cleaner)"),
+    recipe: Optional[Path] = typer.Option(None, help="teachers, generation settings, prompts and scorer from a recipe"),
+    tasks: Optional[str] = typer.Option(None, help="comma-separated: gsm8k, ifeval, scorer (default gsm8k,ifeval)"),
+    limit: Optional[int] = typer.Option(None, min=1, help="items per task (default 100)"),
+    out: Path = typer.Option(Path("meter"), help="output folder: meter.json, meter.md, answers-*.jsonl"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="DIR/gsm8k/train.jsonl (or a .jsonl file) "
+                                            "instead of the Hub's GSM8K train split"),
+    eval_data_dir: Optional[Path] = typer.Option(None, "--eval-data-dir", help="the suite's local copies "
+                                                 "(DIR/gsm8k/test.jsonl, DIR/ifeval/train.jsonl) to keep clear of"),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help="new tokens per answer (default: the recipe's)"),
+    parallel: Optional[int] = typer.Option(None, min=1, help="sequences decoded at once"),
+    threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: all cores)"),
+    prompts: Optional[str] = typer.Option(None, help="prompts of the scorer task (jsonl/json/parquet, Hub id, builtin:NAME)"),
+    scorer: Optional[str] = typer.Option(None, help="scorer task's scorer: sections | paragraphs | list_items | length"),
+    min_delta: Optional[float] = typer.Option(None, min=0.0, help="smallest accuracy delta called clear (0.05)"),
+    seed: Optional[int] = typer.Option(None, help="item sample and bootstrap seed"),
+) -> None:
+    """Measure the teachers' delta before generating: scores, paired-bootstrap CI, tokens/s, verdict."""
+    from lite_delta.config import MeterConfig, load_recipe
+    from lite_delta.meter import meter as run_meter
+    from lite_delta.models.derive import check_derive
+    from lite_delta.pipeline import meter_config
+
+    if rejected and derive:
+        raise LiteDeltaError("give --rejected or --derive, not both")
+    fields = meter_config(load_recipe(recipe), Path(".")).model_dump(exclude={"out"}) if recipe else {}
+    flags = dict(chosen=chosen, rejected=rejected or ({"derive": check_derive(derive, "--derive")} if derive else None),
+                 tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, limit=limit, data_dir=data_dir,
+                 eval_data_dir=eval_data_dir, max_tokens=max_tokens, scorer=scorer, min_delta=min_delta, seed=seed,
+                 prompts=dict(source=prompts, n=limit or 100, sample="first") if prompts else None)
+    fields.update({k: v for k, v in flags.items() if v is not None}, out=out)
+    if chosen or rejected or derive:
+        fields.pop("samples", None)
+    for key, value in (("parallel", parallel), ("n_threads", threads)):
+        if value:
+            fields["generation"] = {**fields.get("generation", {}), key: value}
+    result = run_meter(_validated(MeterConfig, **fields))
+    print((out / "meter.md").read_text(encoding="utf-8"), end="")
+    console.print(f"[green]done[/green]: {out / 'meter.json'} ({result['overall']['verdict'].replace('_', ' ')})")
 
 
 def _validated(model_cls, **fields):

@@ -40,10 +40,58 @@ class GenerationConfig(Strict):
     n_threads: int | None = Field(None, gt=0)
 
 
+class DerivedTeacher(Strict):
+    """`rejected: {derive: Q2_K}`: the chosen teacher's own GGUF requantized harder (made once, cached)."""
+
+    derive: str = Field(description="llama.cpp quant type, e.g. Q2_K, Q3_K_S, Q4_0 (from an F16/BF16 source: cleaner)")
+
+    @field_validator("derive")
+    @classmethod
+    def _known_quant(cls, quant: str) -> str:
+        from lite_delta.models.merge_gguf import QUANTS
+
+        if quant.upper() not in QUANTS:
+            raise ValueError(f"unknown llama.cpp quant type {quant!r}: use one of {', '.join(QUANTS)}")
+        return quant.upper()
+
+
+class EndpointTeacher(Strict):
+    """A teacher behind OpenAI-compatible servers (llama-server, vLLM, SGLang, Ollama) instead of a GGUF file."""
+
+    endpoints: list[str] = Field(min_length=1, description="base URLs, e.g. http://10.0.0.5:8080/v1; all used at once")
+    model: str | None = Field(None, description="model name as GET /v1/models lists it; unset: the one model served")
+    name: str | None = Field(None, description="your name for the teacher (records, model identity); default: model")
+    max_in_flight: int = Field(8, gt=0, description="requests in flight per endpoint (llama-server: its -np slots)")
+    timeout: float = Field(600.0, gt=0, description="seconds one request may take (queueing on the server included)")
+    retries: int = Field(5, ge=0, description="failures in a row (connection, timeout, 5xx) before an endpoint is left out")
+    backoff: float = Field(1.0, gt=0, description="first wait after a failure, seconds; doubles per failure (max 60)")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key (never the key here)")
+    local_sampler: bool = Field(
+        True, description="also send top_k, min_p 0 and repeat penalty 1 (llama.cpp/vLLM fields) so the server samples "
+        "as the local engine does; false for APIs that refuse unknown fields")
+    extra_body: dict = Field(default_factory=dict, description="more request fields, sent as they are")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"endpoint URLs start with http:// or https:// (got {', '.join(bad)})")
+        return [u.rstrip("/") for u in urls]
+
+    def __str__(self) -> str:
+        return f"{self.name or self.model or 'endpoint'} at {', '.join(self.endpoints)}"
+
+
+# Where and how an endpoint teacher runs, not what it answers: left out of the run's stage keys, so adding a
+# machine (or changing in-flight limits) continues a generation instead of redoing it.
+ENDPOINT_PLACEMENT = ("endpoints", "max_in_flight", "timeout", "retries", "backoff", "api_key_env")
+
+
 class TeachersConfig(Strict):
-    chosen: str | None = Field(None, description="the stronger model (by_model pairing)")
-    rejected: str | None = Field(None, description="the weaker model (by_model pairing)")
-    samples: str | None = Field(None, description="one model sampled several times (by_score pairing)")
+    chosen: str | EndpointTeacher | None = Field(None, description="the stronger model (by_model pairing)")
+    rejected: str | DerivedTeacher | EndpointTeacher | None = Field(None, description="the weaker model (by_model pairing)")
+    samples: str | EndpointTeacher | None = Field(None, description="one model sampled several times (by_score pairing)")
     chat_template: str | None = Field(None, description="Jinja template overriding the GGUF's own")
 
 
@@ -51,6 +99,8 @@ class PairingConfig(Strict):
     mode: Literal["by_model", "by_score"] = "by_model"
     scorer: str = Field("sections", description="sections | paragraphs | list_items | length | module:function")
     min_margin: float = Field(1.0, ge=0)
+    pairs_per_prompt: int = Field(
+        1, gt=0, description="by_score: up to N disjoint pairs per prompt (best-worst, 2nd best-2nd worst, ...)")
     allow_truncated: bool = False
     max_length: int | None = Field(2048, gt=0, description="prompt+answer tokens per side")
 
@@ -61,6 +111,45 @@ class ExportConfig(Strict):
     enabled: bool = Field(True, description="runs where the student is a GGUF (or `student_gguf` names one)")
     merge: bool = Field(True, description="also fold the adapter into the base and quantize that")
     quant: str = Field("Q4_K_M", description="llama.cpp quant type of the merged GGUF (Q4_K_M, Q5_K_M, Q8_0, F16...)")
+
+
+
+METER_TASKS = ("gsm8k", "ifeval", "scorer")
+
+
+class MeterSettings(Strict):
+    """The delta meter: both teachers answer a small verifiable sample before anything is generated (`meter:`)."""
+
+    enabled: bool = Field(False, description="run the meter as the first stage (the paper recipes: on)")
+    tasks: list[str] = Field(
+        default_factory=lambda: ["gsm8k", "ifeval"],
+        description="gsm8k (GSM8K train split), ifeval (IFEval-style prompts of this project), scorer (the pairing "
+        "scorer on the recipe's prompts; the only task in by_score mode)")
+    limit: int = Field(100, gt=0, description="items per task")
+    data_dir: Path | None = Field(None, description="local copies instead of the Hub: DIR/gsm8k/train.jsonl")
+    eval_data_dir: Path | None = Field(
+        None, description="the suite's data (DIR/gsm8k/test.jsonl, DIR/ifeval/train.jsonl) the items are kept apart "
+        "from; default: evaluate.suite.data_dir, else data_dir, else the Hub")
+    max_tokens: int | None = Field(None, gt=0, description="new tokens per answer; unset: generation.max_tokens")
+    min_delta: float = Field(0.05, ge=0, description="smallest accuracy delta (0.05 = 5 points) called clear")
+    on_negative: Literal["stop", "continue"] = Field(
+        "stop", description="a negative delta (teachers the wrong way round) stops `lite-delta run` before generating")
+    seed: int = Field(0, description="item sample and bootstrap seed")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        unknown = [t for t in tasks if t not in METER_TASKS]
+        if unknown or not tasks:
+            raise ValueError(f"tasks must be among {', '.join(METER_TASKS)} (got {', '.join(unknown) or 'none'})")
+        return list(dict.fromkeys(tasks))
+
+
+class ContrastConfig(Strict):
+    """Training runs beside DPO that show what DPO adds (each costs a second training run)."""
+
+    sft: bool = Field(False, description="also SFT the student on the chosen answers, same LoRA settings and budget, "
+                                         "and evaluate it beside DPO (the paper's contrast: imitation vs delta)")
 
 
 class Recipe(Strict):
@@ -74,6 +163,8 @@ class Recipe(Strict):
         None, description="a GGUF of the same base as a Hub student: export and llama.cpp evaluation use it")
     train: TrainSettings | None = None
     export: ExportConfig = Field(default_factory=ExportConfig)
+    contrast: ContrastConfig = Field(default_factory=ContrastConfig)
+    meter: MeterSettings = Field(default_factory=MeterSettings)
     evaluate: EvaluateConfig | None = None
 
     def student_gguf_ref(self) -> str | None:
@@ -93,6 +184,8 @@ class Recipe(Strict):
                 raise ValueError("pairing.mode by_score needs teachers.samples")
             if self.generation.samples_per_prompt < 2:
                 raise ValueError("pairing.mode by_score needs generation.samples_per_prompt >= 2")
+        if self.contrast.sft and not self.train:
+            raise ValueError("contrast.sft trains beside DPO with its settings: it needs a `train` section")
         if (self.train or self.evaluate) and not self.student:
             raise ValueError("train and evaluate need `student` (Hub id, model folder or GGUF reference)")
         if self.evaluate and self.evaluate.utility and self.pairing.mode != "by_score":
@@ -165,12 +258,36 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 class GenerateConfig(Strict):
     """One `generate` stage: one model answering a prompt set into `out/completions.jsonl`."""
 
-    model: str = Field(description="local .gguf path, hf://ORG/REPO/FILE.gguf (globs allowed) or pkg://PACKAGE/FILE.gguf")
+    model: str | None = Field(
+        None, description="local .gguf path, hf://ORG/REPO/FILE.gguf (globs allowed) or pkg://PACKAGE/FILE.gguf")
+    endpoint: EndpointTeacher | None = Field(None, description="OpenAI-compatible servers instead of a GGUF")
     prompts: PromptsConfig
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     out: Path
     chat_template: str | None = None
+    derive: str | None = Field(None, description="answer with `model` requantized to this llama.cpp quant type "
+                               "(a derived rejected teacher, made once and cached)")
 
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "GenerateConfig":
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError("give either a GGUF model (--model) or endpoints (--endpoint URL), not both or neither")
+        return self
+
+
+
+class MeterConfig(MeterSettings):
+    """One meter run: the settings plus the teachers, the generation settings and where meter.json goes."""
+
+    chosen: str | None = Field(None, description="the stronger teacher (GGUF reference)")
+    rejected: str | DerivedTeacher | None = Field(None, description="the weaker teacher, or {derive: QUANT}")
+    samples: str | None = Field(None, description="by_score: the one teacher; chosen/rejected = best/worst of k")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    chat_template: str | None = None
+    prompts: PromptsConfig | None = Field(None, description="the prompts the scorer task samples from")
+    scorer: str = "sections"
+    min_margin: float = Field(1.0, ge=0, description="the scorer task's smallest clear delta (pairing.min_margin)")
+    out: Path
 
 # TRL 1.15 DPOTrainer's loss names; a wrong one would only fail at the first step, so we check up front.
 DPO_LOSSES = (
@@ -209,6 +326,11 @@ class TrainSettings(Strict):
         None, description="Jinja chat template (or a .jinja file) for a student whose tokenizer has none"
     )
     merge: bool = Field(False, description="also save the adapter merged into a 16-bit copy of the student")
+    num_processes: int = Field(
+        1, gt=0, description="processes (GPUs) that `accelerate launch` starts, DDP; global batch = "
+        "batch_size x grad_accum x num_processes, so divide grad_accum to keep it")
+    accelerate_config: str | None = Field(
+        None, description="accelerate config: ddp | zero3 | fsdp-qlora (shipped) or a YAML file; launches through it")
 
     @field_validator("loss")
     @classmethod

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lite_delta.config import Recipe
+from lite_delta.config import DerivedTeacher, EndpointTeacher, Recipe
 from lite_delta.errors import LiteDeltaError
 
 GIB = 1024**3
@@ -39,6 +39,10 @@ def describe_model(ref: str, online: bool) -> tuple[str, float | None]:
     """(where it is, size in GiB or None) for a GGUF reference or a Hub model id — never downloads."""
     from lite_delta.models.refs import resolve_model
 
+    if isinstance(ref, EndpointTeacher):  # served elsewhere: nothing here to size
+        return f"endpoint ({', '.join(ref.endpoints)})", None
+    if isinstance(ref, DerivedTeacher):
+        return f"derived from the chosen teacher ({ref.derive}; made once, cached)", None
     if ref.startswith("hf://"):
         parts = ref.removeprefix("hf://").split("/")
         repo, pattern = f"{parts[0]}/{parts[1].partition('@')[0]}", "/".join(parts[2:])
@@ -103,12 +107,29 @@ def _local_shapes(ref: str):
     """Shapes of a GGUF already on disk (None for one still to download)."""
     from lite_delta.train.plan import load_shapes
 
-    if ref.startswith("hf://"):
+    if isinstance(ref, EndpointTeacher) or ref.startswith("hf://"):
         return None
     try:
         return load_shapes(ref)
     except LiteDeltaError:
         return None
+
+
+def meter_throughputs(recipe: Recipe, run_dir: Path) -> dict[str, float]:
+    """{teacher role: tokens/s} from a finished meter of these teachers in the run directory (else {})."""
+    import json
+
+    try:
+        teachers = json.loads((run_dir / "meter" / "meter.json").read_text(encoding="utf-8"))["teachers"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    t = recipe.teachers
+    rejected = f"{t.chosen} requantized to {t.rejected.derive}" if isinstance(t.rejected, DerivedTeacher) else t.rejected
+    wanted = {"samples": t.samples} if recipe.pairing.mode == "by_score" else {"chosen": t.chosen, "rejected": rejected}
+    found = {role: teachers.get(role, {}).get("tokens_per_s") for role in wanted}
+    if any(teachers.get(role, {}).get("ref") != ref or not found[role] for role, ref in wanted.items()):
+        return {}
+    return found
 
 
 def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = None) -> dict:
@@ -134,7 +155,7 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
         if ref:
             where, size = describe_model(ref, online)
             sizes[role] = size
-            table.add_row(role, ref, where, f"{size:.2f} GiB" if size is not None else "?")
+            table.add_row(role, str(ref), where, f"{size:.2f} GiB" if size is not None else "?")
     console.print(table)
 
     n, how = count_prompts(recipe)
@@ -150,17 +171,31 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
     shapes = None
     if recipe.student:
         shapes = student_shapes(recipe.student, online)
-    teacher_shapes = [_local_shapes(ref) for ref in (t.chosen, t.rejected, t.samples) if ref]
+    teacher_refs = []
+    for ref in (t.chosen, t.rejected, t.samples):
+        ref = t.chosen if isinstance(ref, DerivedTeacher) else ref  # a derived teacher has the chosen one's shapes
+        if ref and ref not in teacher_refs:
+            teacher_refs.append(ref)
+    teacher_shapes = [_local_shapes(ref) for ref in teacher_refs]
     if not cuda and teacher_shapes and all(teacher_shapes):
         params_b = max(s.params for s in teacher_shapes) / 1e9
         eta["generate"] = gen_tokens / (CPU_GEN_TOK_S_135M * 0.135 / params_b)
+    measured = meter_throughputs(recipe, run_dir)
+    if measured:  # the meter's tokens/s of each teacher on this machine (CPU or GPU) beat any scaled guess
+        eta["generate"] = sum((n or 0) * g.samples_per_prompt * g.max_tokens / tps for tps in measured.values())
+        facts["generate_tokens_per_s"] = measured
+        console.print("generate throughput measured by the meter on this machine: "
+                      + ", ".join(f"{role} {tps:,.0f} tok/s" for role, tps in measured.items()))
     if recipe.train:
         tr = recipe.train
         pairs_max = n or 0
-        per_step = tr.batch_size * tr.grad_accum
+        per_step = tr.batch_size * tr.grad_accum * tr.num_processes  # the global batch
         steps = tr.max_steps or math.ceil(pairs_max / per_step * tr.epochs) if pairs_max else tr.max_steps
-        console.print(f"training: at most {pairs_max or '?'} pairs (one per prompt), {per_step} per step → "
-                      f"{steps or '?'} optimizer steps")
+        pairs_max *= recipe.pairing.pairs_per_prompt if recipe.pairing.mode == "by_score" else 1
+        steps = tr.max_steps or math.ceil(pairs_max / per_step * tr.epochs) if pairs_max else tr.max_steps
+        console.print(f"training: at most {pairs_max or '?'} pairs, {per_step} per step → "
+                      f"{steps or '?'} optimizer steps" + (" (DPO, then the same for the SFT contrast)"
+                                                           if recipe.contrast.sft else ""))
         facts["train_steps"] = steps
         if shapes is not None:
             from lite_delta.train.plan import estimate
@@ -172,14 +207,20 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
             facts["vram_gib"] = round(est.total_gib, 2)
             if not cuda and steps:
                 eta["train"] = steps * per_step * CPU_TRAIN_S_PER_PAIR_135M * (shapes.params / 1e9 / 0.135)
+                if recipe.contrast.sft:  # the same steps on the chosen side only, no reference pass: ~1/3 of DPO's
+                    eta["sft"] = eta["train"] / 3
         else:
             console.print("VRAM: unknown (the student's config.json is not cached and the Hub is offline)")
-    if cuda:
+    if cuda and measured:
+        console.print(f"ETA on this GPU: generate ~{eta['generate'] / 60:.0f} min (up to {g.max_tokens} tokens per "
+                      "answer, at the meter's measured tokens/s); training not estimated on a GPU yet")
+    elif cuda:
         console.print("ETA: not estimated on a GPU yet (no measured GPU throughput in this project)")
     elif eta:
         total = sum(eta.values())
         parts = ", ".join(f"{k} ~{v / 60:.0f} min" for k, v in eta.items())
         console.print(f"rough ETA on this CPU: ~{total / 60:.0f} min ({parts}; evaluation not included), from "
-                      "throughputs measured on a 2-core CPU with SmolLM2-135M, scaled by parameter count")
+                      "throughputs measured on a 2-core CPU with SmolLM2-135M, scaled by parameter count"
+                      + ("; generate from the meter's tokens/s on this machine" if measured else ""))
     facts["eta_s"] = {k: round(v) for k, v in eta.items()}
     return facts

@@ -1,4 +1,5 @@
-"""The stage runner: a recipe in, `runs/NAME/` out — generate → pair → train → export → evaluate → report.
+"""The stage runner: a recipe in, `runs/NAME/` out — (meter) → generate → pair → train → (sft) → export → evaluate
+→ report.
 
 Each stage writes into its own folder of the run directory and resumes from what is there. The
 manifest (`manifest.json`) records, per stage, a key (a hash of the recipe sections the stage
@@ -21,13 +22,14 @@ from typing import Callable
 
 from rich.console import Console
 
-from lite_delta.config import GenerateConfig, Recipe, TrainConfig, load_recipe
+from lite_delta.config import (ENDPOINT_PLACEMENT, DerivedTeacher, EndpointTeacher, GenerateConfig, Recipe,
+                               TrainConfig, load_recipe)
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import writable_dir, write_json
 
 console = Console(stderr=True)
 
-STAGES = ("generate", "pair", "train", "export", "evaluate", "report")
+STAGES = ("meter", "generate", "pair", "train", "sft", "export", "evaluate", "report")
 MANIFEST = "manifest.json"
 
 
@@ -50,10 +52,19 @@ def file_sha256(path: Path) -> str:
 def stage_settings(recipe: Recipe) -> dict[str, dict | None]:
     """The recipe sections each stage reads; None for a stage the recipe leaves out."""
     data = recipe.model_dump(mode="json")
+    for role, teacher in data["teachers"].items():  # an endpoint teacher's placement is not a setting
+        if isinstance(teacher, dict) and "endpoints" in teacher:
+            data["teachers"][role] = {k: v for k, v in teacher.items() if k not in ENDPOINT_PLACEMENT}
     return {
+        "meter": {"meter": {k: v for k, v in data["meter"].items() if k != "on_negative"},  # a stop is kept, not remeasured
+                  "suite_data_dir": str(recipe.evaluate.suite.data_dir) if recipe.evaluate and recipe.evaluate.suite else None,
+                  **{k: data[k] for k in ("teachers", "generation", "pairing", "prompts")}}
+        if recipe.meter.enabled else None,
         "generate": {k: data[k] for k in ("prompts", "teachers", "generation")},
         "pair": {"pairing": data["pairing"]},
         "train": {"student": data["student"], "train": data["train"]} if recipe.train else None,
+        "sft": {"student": data["student"], "train": data["train"], "contrast": data["contrast"]}
+        if recipe.train and recipe.contrast.sft else None,
         "export": {"student": data["student"], "student_gguf": data["student_gguf"], "export": data["export"]}
         if exports(recipe) else None,
         "evaluate": {"student": data["student"], "student_gguf": data["student_gguf"], "evaluate": data["evaluate"]}
@@ -72,6 +83,9 @@ def stage_keys(recipe: Recipe) -> dict[str, str | None]:
     for name, settings in stage_settings(recipe).items():
         if settings is None:
             keys[name] = None
+            continue
+        if name == "meter":  # a check before the chain: metering (or not) never reruns generation
+            keys[name] = _digest([name, settings])
             continue
         upstream = keys[name] = _digest([upstream, name, settings])
     return keys
@@ -148,18 +162,60 @@ def plan_stages(recipe: Recipe, manifest: Manifest, *, from_stage: str | None, u
             stale = True
         if name == "report" and stale and plans[-1].action in ("skip", "resume"):
             plans[-1] = StagePlan(name, key, "rerun", "an earlier stage reruns")
+        if name == "meter" and from_stage != "meter":
+            stale = False  # the meter's outputs feed no stage
     return plans
 
 
 # ----------------------------------------------------------------------------- the stages
 
 
-def _generate_one(recipe: Recipe, model: str, out: Path) -> Path:
+def _generate_one(recipe: Recipe, model: str | EndpointTeacher | DerivedTeacher, out: Path) -> Path:
     from lite_delta.generate import generate
 
-    cfg = GenerateConfig(model=model, prompts=recipe.prompts, generation=recipe.generation, out=out,
+    teacher = dict(endpoint=model) if isinstance(model, EndpointTeacher) else dict(model=model)
+    if isinstance(model, DerivedTeacher):  # the chosen teacher's GGUF, requantized (models/derive.py)
+        teacher = dict(model=derived_source(recipe), derive=model.derive)
+    cfg = GenerateConfig(**teacher, prompts=recipe.prompts, generation=recipe.generation, out=out,
                          chat_template=recipe.teachers.chat_template)
     return generate(cfg)
+
+
+def derived_source(recipe: Recipe) -> str:
+    """The GGUF a `rejected: {derive: QUANT}` teacher is made from: the chosen teacher's."""
+    if not isinstance(recipe.teachers.chosen, str):
+        raise LiteDeltaError("teachers.rejected.derive requantizes the chosen teacher's GGUF: teachers.chosen must "
+                             "be a GGUF reference (a .gguf path, hf://... or pkg://...)")
+    return recipe.teachers.chosen
+
+
+def meter_config(recipe: Recipe, run_dir: Path):
+    from lite_delta.config import MeterConfig
+
+    t, m = recipe.teachers, recipe.meter
+    if any(isinstance(ref, EndpointTeacher) for ref in (t.chosen, t.rejected, t.samples)):
+        raise LiteDeltaError("meter: it runs GGUF teachers through llama.cpp, and this recipe has an endpoint teacher: "
+                             "set meter.enabled false (or meter GGUFs of the same models with `lite-delta meter`)")
+    suite = recipe.evaluate.suite if recipe.evaluate else None
+    eval_dir = m.eval_data_dir or (suite.data_dir if suite else None) or m.data_dir
+    teachers = dict(samples=t.samples) if recipe.pairing.mode == "by_score" else dict(chosen=t.chosen, rejected=t.rejected)
+    return MeterConfig(**{**m.model_dump(), "eval_data_dir": eval_dir}, **teachers, generation=recipe.generation,
+                       chat_template=t.chat_template, prompts=recipe.prompts, scorer=recipe.pairing.scorer,
+                       min_margin=recipe.pairing.min_margin, out=run_dir / "meter")
+
+
+def run_meter(recipe: Recipe, run_dir: Path) -> list[Path]:
+    """Both teachers on a small verifiable sample first; a negative delta stops the run (meter.on_negative)."""
+    from lite_delta.meter.stage import METER_FILE, finished, meter, stop_if_negative
+
+    cfg = meter_config(recipe, run_dir)
+    result = finished(cfg.out, cfg)  # kept across a stop, so fixing on_negative does not measure again
+    if result is None:
+        console.print(f"[bold]meter[/bold] {', '.join(cfg.tasks)}: up to {cfg.limit} items per task")
+        result = meter(cfg)
+    console.print((cfg.out / "meter.md").read_text(encoding="utf-8"), highlight=False)
+    stop_if_negative(result, recipe.meter.on_negative, cfg.out)
+    return [cfg.out / METER_FILE]
 
 
 def run_generate(recipe: Recipe, run_dir: Path) -> list[Path]:
@@ -195,13 +251,25 @@ def run_pair(recipe: Recipe, run_dir: Path) -> list[Path]:
 
 
 def run_train(recipe: Recipe, run_dir: Path) -> list[Path]:
-    from lite_delta.train.stage import last_checkpoint, train
+    from lite_delta.train.launch import run_training
+    from lite_delta.train.stage import last_checkpoint
 
     out = run_dir / "train"
     cfg = TrainConfig(**recipe.train.model_dump(), student=recipe.student, pairs=run_dir / "pairs", out=out)
     console.print(f"[bold]train[/bold] {recipe.student} on {run_dir / 'pairs'}")
-    train(cfg, resume=last_checkpoint(out / "checkpoints") is not None)
+    run_training(cfg, resume=last_checkpoint(out / "checkpoints") is not None)  # train.num_processes > 1: launched
     return [out / "adapter" / "adapter_model.safetensors", out / "train.json", out / "train_log.jsonl"]
+
+
+def run_sft(recipe: Recipe, run_dir: Path) -> list[Path]:
+    """The contrast: SFT on the chosen answers with the DPO run's settings (sft/)."""
+    from lite_delta.train.sft import SUMMARY, train_sft
+
+    out = run_dir / "sft"
+    cfg = TrainConfig(**recipe.train.model_dump(), student=recipe.student, pairs=run_dir / "pairs", out=out)
+    console.print(f"[bold]sft[/bold] contrast: {recipe.student} on the chosen answers of {run_dir / 'pairs'}")
+    train_sft(cfg, student_cache=run_dir / "train" / "student")
+    return [out / "adapter" / "adapter_model.safetensors", out / SUMMARY]
 
 
 def run_export(recipe: Recipe, run_dir: Path) -> list[Path]:
@@ -224,10 +292,10 @@ def run_export(recipe: Recipe, run_dir: Path) -> list[Path]:
     return [Path(f) for f in files if f] + [run_dir / "export" / "export.json"]
 
 
-def _trained_adapter(run_dir: Path) -> Path:
-    adapter = run_dir / "train" / "adapter"
+def _trained_adapter(run_dir: Path, stage: str = "train") -> Path:
+    adapter = run_dir / stage / "adapter"
     if not (adapter / "adapter_config.json").is_file():
-        raise LiteDeltaError(f"no trained adapter in {adapter}: this stage needs the train stage")
+        raise LiteDeltaError(f"no trained adapter in {adapter}: this stage needs the {stage} stage")
     return adapter
 
 
@@ -269,7 +337,13 @@ def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
         console.print("[bold]evaluate[/bold] tuned student")
         tuned = utility_eval(cfg, student=u_student, adapter=u_adapter, scorer=recipe.pairing.scorer, k=k,
                              out=out / "utility" / "tuned", cache_dir=cache)
-        summary = compare_utility(base, tuned)
+        sft = None
+        if recipe.contrast.sft:
+            console.print("[bold]evaluate[/bold] SFT-on-chosen student (the contrast)")
+            sft_adapter = _trained_adapter(run_dir, "sft")
+            sft = utility_eval(cfg, student=u_student, adapter=sft_adapter, scorer=recipe.pairing.scorer, k=k,
+                               out=out / "utility" / "sft", cache_dir=cache, label="utility sft")
+        summary = compare_utility(base, tuned, sft=sft)
         write_json(out / "utility" / "summary.json", summary)
         utility_chart(summary, _figures(run_dir) / "utility.png")
         outputs.append(out / "utility" / "summary.json")
@@ -305,12 +379,12 @@ def run_report(recipe: Recipe, run_dir: Path) -> list[Path]:
 
 
 RUNNERS: dict[str, Callable[[Recipe, Path], list[Path]]] = {
-    "generate": run_generate, "pair": run_pair, "train": run_train, "export": run_export, "evaluate": run_evaluate,
-    "report": run_report,
+    "meter": run_meter, "generate": run_generate, "pair": run_pair, "train": run_train, "sft": run_sft,
+    "export": run_export, "evaluate": run_evaluate, "report": run_report,
 }
-OUTPUT_DIRS = {"generate": ["generate"], "pair": ["pairs"], "train": ["train/adapter", "train/checkpoints",
-               "train/train_log.jsonl", "train/train.json"], "export": ["export"], "evaluate": ["evaluate"],
-               "report": []}
+OUTPUT_DIRS = {"meter": ["meter"], "generate": ["generate"], "pair": ["pairs"],
+               "train": ["train/adapter", "train/checkpoints", "train/train_log.jsonl", "train/train.json"],
+               "sft": ["sft"], "export": ["export"], "evaluate": ["evaluate"], "report": []}
 
 
 def _clear(run_dir: Path, name: str) -> None:
@@ -396,7 +470,8 @@ def chat_templates(run_dir: Path) -> dict:
     for gen in sorted((run_dir / "generate").glob("*/generation.json")):
         info = json.loads(gen.read_text(encoding="utf-8"))
         template = info.get("chat_template") or ""
-        found[f"teacher {gen.parent.name}"] = {"model": info.get("model"), "source": "GGUF metadata or recipe",
+        found[f"teacher {gen.parent.name}"] = {"model": info.get("model"),
+                                               "source": info.get("chat_template_source", "GGUF metadata or recipe"),
                                                "sha256": hashlib.sha256(template.encode()).hexdigest()[:16]}
     train = run_dir / "train" / "train.json"
     if train.is_file():

@@ -121,6 +121,18 @@ def _training_section(run_dir: Path, figures: Path) -> list[str]:
     return lines
 
 
+def _sft_section(run_dir: Path) -> list[str]:
+    summary = _read_json(run_dir / "sft" / "sft.json")
+    if not summary:
+        return []
+    last = summary.get("last_log") or {}
+    return ["## The SFT contrast", "",
+            f"SFT on the chosen answers of the same {summary['pairs']['rows']} pairs, with the DPO run's LoRA settings, "
+            f"learning rate, schedule, batch and seed: {summary['steps']} steps in {summary['seconds']:.0f} s "
+            f"({summary['passes_over_chosen']} passes over the chosen answers, {summary['chosen_tokens_per_pass']} "
+            f"answer tokens each), last loss {_fmt(last.get('loss'), 3)}. Adapter: `sft/adapter`.", ""]
+
+
 def _utility_section(run_dir: Path) -> list[str]:
     summary = _read_json(run_dir / "evaluate" / "utility" / "summary.json")
     if not summary:
@@ -134,15 +146,26 @@ def _utility_section(run_dir: Path) -> list[str]:
              "Chosen and rejected are, per prompt, the best and worst of the base student's samples: what the pair "
              "stage picks.", "",
              "| | mean | 95% CI |", "|---|---|---|"]
-    for key, label in (("base", "base student"), ("rejected", "rejected (worst of k)"),
-                       ("chosen", "chosen (best of k)"), ("tuned", "tuned student")):
+    contrast = "sft" in summary["bars"]
+    rows = (("base", "base student"), ("rejected", "rejected (worst of k)"), ("chosen", "chosen (best of k)"),
+            *((("sft", "SFT on the chosen answers"),) if contrast else ()),
+            ("tuned", "DPO on the pairs (tuned student)" if contrast else "tuned student"))
+    for key, label in rows:
         bar = summary["bars"][key]
         lines.append(f"| {label} | {_fmt(bar['mean'])} | [{_fmt(bar['ci95'][0])}, {_fmt(bar['ci95'][1])}] |")
-    diff, gain = summary["tuned_minus_chosen"], summary["tuned_minus_base"]
+
+    def diff(key: str) -> str:
+        d = summary[key]
+        return f"{d['diff']:+.2f} (paired 95% CI [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}])"
+
     verdict = "**met**" if summary.get("target_met") else "**not met**"
-    lines += ["", f"Tuned − chosen: {diff['diff']:+.2f} (paired 95% CI [{diff['ci95'][0]:+.2f}, {diff['ci95'][1]:+.2f}]); "
-                  f"tuned − base: {gain['diff']:+.2f} ([{gain['ci95'][0]:+.2f}, {gain['ci95'][1]:+.2f}]). "
+    lines += ["", f"Tuned − chosen: {diff('tuned_minus_chosen')}; tuned − base: {diff('tuned_minus_base')}. "
                   f"Target (the tuned student above the chosen answers, CI excluding 0): {verdict}.", ""]
+    if contrast:
+        lines += [f"The contrast (same pairs, LoRA settings, steps and seed; SFT imitates the chosen answers and never "
+                  f"sees the rejected ones): DPO − SFT: {diff('tuned_minus_sft')}; SFT − chosen: "
+                  f"{diff('sft_minus_chosen')}; SFT − base: {diff('sft_minus_base')}. The paper's picture is "
+                  "SFT pulled toward the chosen answers' level and DPO pushed past both.", ""]
     lines += [f"- warning: {w}" for w in summary.get("warnings", [])]
     return lines + ["![utility](figures/utility.png)", ""]
 
@@ -165,6 +188,14 @@ def _export_section(run_dir: Path) -> list[str]:
     lines = ["## The tuned student in llama.cpp and Ollama", "", "In `export/`:", ""]
     lines += [("#" + line if line.startswith("## ") else line) for line in body if not line.startswith("# ")]
     return lines + [""]
+
+
+def _meter_section(run_dir: Path) -> list[str]:
+    """The delta meter's table and verdict (meter/meter.md), as the meter stage wrote it."""
+    md = run_dir / "meter" / "meter.md"
+    if not md.is_file():
+        return []
+    return ["## Teachers' delta (meter, before generating)", "", md.read_text(encoding="utf-8").rstrip(), ""]
 
 
 def _stages_section(run_dir: Path) -> list[str]:
@@ -201,8 +232,10 @@ def write_report(recipe: Recipe, run_dir: Path) -> list[Path]:
     lines += _utility_section(run_dir)
     lines += _suite_section(run_dir)
     lines += _export_section(run_dir)
+    lines += _meter_section(run_dir)
     lines += _pairs_section(run_dir)
     lines += _training_section(run_dir, figures)
+    lines += _sft_section(run_dir) if recipe.contrast.sft else []
     lines += _stages_section(run_dir)
     lines += _environment_section(env)
     md = "\n".join(lines) + "\n"

@@ -35,7 +35,7 @@ DEMO = (REPO / "recipes" / "demo.yaml").read_text()
     "text, field",
     [
         (DEMO.replace("temperature: 0.9", "temperature: -1"), "generation.temperature"),
-        (DEMO.replace("max_tokens: 200", "max_tokens: lots"), "generation.max_tokens"),
+        (DEMO.replace("max_tokens: 128", "max_tokens: lots", 1), "generation.max_tokens"),
         (DEMO.replace("scorer: list_items", "scorer: list_items\n  colour: blue"), "pairing.colour"),
         (DEMO.replace("mode: by_score", "mode: by_judge"), "pairing.mode"),
         (DEMO.replace("name: demo", "name: my demo!"), "name"),

@@ -15,7 +15,7 @@ import pytest
 SMOKE = ["prompts.n=3", "generation.samples_per_prompt=2", "generation.max_tokens=24", "generation.parallel=4",
          "pairing.min_margin=0", "train.max_steps=4", "train.save_steps=1", "train.batch_size=2",
          "train.grad_accum=1", "train.max_length=256", "train.learning_rate=1e-3", "train.warmup_ratio=0",
-         "evaluate=null"]
+         "evaluate=null", "contrast.sft=false"]
 
 
 def command(runs: Path, student: str, *extra: str) -> list[str]:

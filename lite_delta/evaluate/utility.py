@@ -139,6 +139,7 @@ def utility_eval(
     progress: bool = True,
     k: int | None = None,
     cache_dir: Path | None = None,
+    label: str | None = None,
 ) -> dict:
     """Sample ``samples_per_prompt`` answers per held-out prompt, score them, write ``out/utility.json``.
 
@@ -192,7 +193,7 @@ def utility_eval(
     sample_fn = _sample_llama if engine.name == "llama.cpp" else _sample_transformers
     started, new_tokens = time.perf_counter(), 0
     with progress_bar(disable=not progress) as bar, open(path, "a", encoding="utf-8") as sink:
-        label = "utility " + ("tuned" if adapter else "base")
+        label = label or "utility " + ("tuned" if adapter else "base")
         task = bar.add_task(label, total=len(items), completed=sum(1 for it in items if it[0] in done), rate="")
         for (key, prompt, sample, seed), text, finish, n_tokens in sample_fn(engine, cfg, items, encoded, done):
             record = {
@@ -300,69 +301,89 @@ def _summary(per_prompt: dict, seed: int = 0) -> dict:
     return out
 
 
-def compare_utility(base: dict, tuned: dict, seed: int = 0, n_bootstrap: int = N_BOOTSTRAP) -> dict:
-    """Base, held-out chosen (base best-of-k), rejected (base worst-of-k) and tuned means, each with a
-    bootstrap 95% CI over prompts, and tuned - chosen with a paired bootstrap CI (prompts paired by id)."""
-    ids = sorted(set(base["per_prompt"]) & set(tuned["per_prompt"]))
+def compare_utility(base: dict, tuned: dict, seed: int = 0, n_bootstrap: int = N_BOOTSTRAP,
+                    sft: dict | None = None) -> dict:
+    """Base, held-out chosen (base best-of-k), rejected (base worst-of-k), tuned (DPO) and, given `sft`, the
+    SFT-on-chosen student's means, each with a bootstrap 95% CI over prompts; tuned - chosen (and tuned - sft,
+    sft - chosen) with paired bootstrap CIs: one set of prompt draws for every column."""
+    runs = {**({"sft": sft} if sft is not None else {}), "tuned": tuned}  # bar order: ..., sft, tuned
+    ids = sorted(set(base["per_prompt"]).intersection(*(r["per_prompt"] for r in runs.values())))
     if not ids:
-        raise LiteDeltaError("the base and tuned utility runs share no prompt")
+        raise LiteDeltaError(f"the base and {' and '.join(runs)} utility runs share no prompt")
     warnings = []
-    for key in ("temperature", "top_p", "max_tokens", "seed", "samples_per_prompt", "prompts", "k"):
-        if base["settings"].get(key) != tuned["settings"].get(key):
-            warnings.append(f"{key} differs ({base['settings'].get(key)!r} vs {tuned['settings'].get(key)!r})")
-    if base.get("scorer") != tuned.get("scorer"):
-        warnings.append(f"scorer differs ({base.get('scorer')!r} vs {tuned.get('scorer')!r})")
-    if len(ids) < max(len(base["per_prompt"]), len(tuned["per_prompt"])):
-        warnings.append(f"only {len(ids)} prompts are in both runs")
+    for name, run in runs.items():
+        for key in ("temperature", "top_p", "max_tokens", "seed", "samples_per_prompt", "prompts", "k"):
+            if base["settings"].get(key) != run["settings"].get(key):
+                warnings.append(f"{key} differs between base and {name} "
+                                f"({base['settings'].get(key)!r} vs {run['settings'].get(key)!r})")
+        if base.get("scorer") != run.get("scorer"):
+            warnings.append(f"scorer differs between base and {name} ({base.get('scorer')!r} vs {run.get('scorer')!r})")
+    if len(ids) < max(len(r["per_prompt"]) for r in (base, *runs.values())):
+        warnings.append(f"only {len(ids)} prompts are in every run")
     columns = {
         "base": np.array([base["per_prompt"][i]["mean"] for i in ids]),
         "rejected": np.array([base["per_prompt"][i]["worst_of_k"] for i in ids]),
         "chosen": np.array([base["per_prompt"][i]["best_of_k"] for i in ids]),
-        "tuned": np.array([tuned["per_prompt"][i]["mean"] for i in ids]),
+        **{name: np.array([run["per_prompt"][i]["mean"] for i in ids]) for name, run in runs.items()},
     }
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(ids), size=(n_bootstrap, len(ids)))  # one set of draws: every CI is paired
     draws = {name: values[idx].mean(axis=1) for name, values in columns.items()}
-    diff = draws["tuned"] - draws["chosen"]
-    gain = draws["tuned"] - draws["base"]
     means = {name: float(values.mean()) for name, values in columns.items()}
-    lo = float(np.percentile(diff, 2.5))
-    return {
+
+    def paired(a: str, b: str) -> dict:
+        d = draws[a] - draws[b]
+        return {"diff": means[a] - means[b], "ci95": _ci(d), "p_not_above": float(np.mean(d <= 0))}
+
+    summary = {
         "scorer": base.get("scorer"),
         "n_prompts": len(ids),
         "samples_per_prompt": {"base": base["settings"].get("samples_per_prompt"),
-                               "tuned": tuned["settings"].get("samples_per_prompt")},
+                               **{name: run["settings"].get("samples_per_prompt") for name, run in runs.items()}},
         "k": base["settings"].get("k"),
         "bars": {name: {"mean": means[name], "ci95": _ci(draws[name])} for name in columns},
-        "tuned_minus_chosen": {"diff": means["tuned"] - means["chosen"], "ci95": [lo, float(np.percentile(diff, 97.5))],
-                               "p_not_above": float(np.mean(diff <= 0))},
-        "tuned_minus_base": {"diff": means["tuned"] - means["base"], "ci95": _ci(gain)},
+        "tuned_minus_chosen": paired("tuned", "chosen"),
+        "tuned_minus_base": {k: v for k, v in paired("tuned", "base").items() if k != "p_not_above"},
         "tuned_mean_above_chosen": means["tuned"] > means["chosen"],
-        "target_met": lo > 0,
+        "target_met": paired("tuned", "chosen")["ci95"][0] > 0,
         "bootstrap": {"draws": n_bootstrap, "seed": seed, "paired_by": "prompt id"},
         "warnings": warnings,
     }
+    if sft is not None:
+        summary["tuned_minus_sft"] = paired("tuned", "sft")
+        summary["sft_minus_chosen"] = paired("sft", "chosen")
+        summary["sft_minus_base"] = {k: v for k, v in paired("sft", "base").items() if k != "p_not_above"}
+    return summary
 
 
 def utility_chart(summary: dict, path: Path) -> None:
-    """Bars of base / rejected / chosen / tuned with their 95% CIs."""
+    """Bars of base / rejected / chosen / (SFT on chosen) / tuned with their 95% CIs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["base", "rejected", "chosen", "tuned"]
     bars = summary["bars"]
+    names = ["base", "rejected", "chosen", *(["sft"] if "sft" in bars else []), "tuned"]
     means = np.array([bars[n]["mean"] for n in names])
     lo = means - np.array([bars[n]["ci95"][0] for n in names])
     hi = np.array([bars[n]["ci95"][1] for n in names]) - means
-    labels = ["base student", "rejected\n(worst of k)", "chosen\n(best of k)", "tuned student"]
-    fig, ax = plt.subplots(figsize=(5.6, 3.8), dpi=120)
-    ax.bar(labels, means, color=["#8d99ae", "#e76f51", "#2a9d8f", "#264653"], yerr=[lo, hi], capsize=5)
-    d = summary["tuned_minus_chosen"]
+    label = {"base": "base student", "rejected": "rejected\n(worst of k)", "chosen": "chosen\n(best of k)",
+             "sft": "SFT on\nchosen", "tuned": "DPO\n(tuned)" if "sft" in bars else "tuned student"}
+    color = {"base": "#8d99ae", "rejected": "#e76f51", "chosen": "#2a9d8f", "sft": "#e9c46a", "tuned": "#264653"}
+    fig, ax = plt.subplots(figsize=(5.6 + 0.9 * (len(names) - 4), 3.8), dpi=120)
+    ax.bar([label[n] for n in names], means, color=[color[n] for n in names], yerr=[lo, hi], capsize=5)
+
+    def line(name: str, key: str) -> str:
+        d = summary[key]
+        return f"{name} {d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+
+    title = line("DPO - chosen" if "sft" in bars else "tuned - chosen", "tuned_minus_chosen")
+    if "tuned_minus_sft" in summary:
+        title += "; " + line("DPO - SFT", "tuned_minus_sft")
     ax.set_ylabel(f"mean {summary.get('scorer') or 'utility'} per answer")
     ax.set_title(f"{summary.get('scorer') or 'utility'} on {summary['n_prompts']} held-out prompts\n"
-                 f"tuned - chosen {d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (95% CI)", fontsize=10)
+                 f"{title} (95% CI)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.png")

@@ -52,6 +52,9 @@ class PairConfig(BaseModel):
     """Built-in scorer (sections, paragraphs, list_items, length) or 'package.module:function'."""
     min_margin: float = Field(1.0, ge=0)
     """by_score: smallest chosen-minus-rejected score kept (the paper's bold-section delta is 1)."""
+    pairs_per_prompt: int = Field(1, gt=0)
+    """by_score: up to N disjoint pairs per prompt (best vs worst, second best vs second worst, ...), each
+    kept only if it clears ``min_margin``; no answer is used twice. 1: best vs worst only (the paper's one pair)."""
     allow_truncated: bool = False
     """Keep answers that hit the token limit (finish_reason 'length'); the paper kept none cut off."""
     max_length: int | None = Field(2048, gt=0)
@@ -195,14 +198,18 @@ def _pair_by_score(samples: list[dict], cfg: PairConfig, scorer: Scorer, filters
         if len(kept) < 2:
             filters["too_few_samples"] += 1
             continue
-        # Ties: the lowest sample number is chosen, the highest rejected.
-        best_score, best = min(kept, key=lambda sr: (-sr[0], sr[1]["sample"]))
-        worst_score, worst = min(kept, key=lambda sr: (sr[0], -sr[1]["sample"]))
-        if best_score - worst_score < cfg.min_margin:
-            filters["below_margin"] += 1
-        elif _text(best) == _text(worst):
-            filters["identical"] += 1
-        else:
+        # Ties: the lowest sample number ranks first among equals at the top, the highest at the bottom.
+        ranked = sorted(kept, key=lambda sr: (-sr[0], sr[1]["sample"]))
+        for n in range(min(cfg.pairs_per_prompt, len(ranked) // 2)):
+            (best_score, best), (worst_score, worst) = ranked[n], ranked[-1 - n]
+            if best_score - worst_score < cfg.min_margin:
+                if n == 0:
+                    filters["below_margin"] += 1
+                break
+            if _text(best) == _text(worst):
+                if n == 0:
+                    filters["identical"] += 1
+                continue
             pairs.append((best, worst))
     return pairs, len(groups)
 
@@ -294,6 +301,7 @@ def _stats(cfg: PairConfig, inputs: dict, pairs: list, rows: list[dict], candida
         "settings": {
             "scorer": cfg.scorer,
             "min_margin": cfg.min_margin,
+            "pairs_per_prompt": cfg.pairs_per_prompt,
             "allow_truncated": cfg.allow_truncated,
             "max_length": cfg.max_length,
         },

@@ -13,23 +13,27 @@ from lite_delta.train.health import check
 
 log = logging.getLogger(__name__)
 
-KEEP = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "learning_rate")
+KEEP = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "learning_rate",
+        "grad_norm")  # grad_norm: the step's gradient before clipping (spikes; equal whatever the process count)
 
 
 class StepLog(TrainerCallback):
     """One JSON line per optimizer step in train_log.jsonl; on resume, lines past the checkpoint are
-    dropped first, so the log never holds a step twice. Health warnings go into the log and `warnings`."""
+    dropped first, so the log never holds a step twice. Health warnings go into the log and `warnings`.
+    Across processes every one keeps the (already gathered) records; only the main one (`main`) writes and warns."""
 
-    def __init__(self, path: Path, *, loss_type: str):
+    def __init__(self, path: Path, *, loss_type: str, main: bool = True):
         self.path = path
         self.loss_type = loss_type
+        self.main = main
         self.records: list[dict] = []
         self.warnings: list = []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
+        lines = self.path.read_text(encoding="utf-8").splitlines() if self.main and self.path.exists() else []
         self.records = [r for r in map(json.loads, lines) if r["step"] <= state.global_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+        if self.main:
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
         self.warnings = []
         self.started = self.last_time = time.perf_counter()
         self.last_tokens = 0.0 if state.global_step == 0 else None  # TRL's count restarts on resume
@@ -59,19 +63,22 @@ class StepLog(TrainerCallback):
         new = check(self.records, loss_type=self.loss_type, warmup_steps=self.warmup_steps,
                     steps_per_epoch=self.steps_per_epoch, already={w.kind for w in self.warnings})
         for warning in new:
-            log.warning("training health: %s", warning.message)
+            if self.main:
+                log.warning("training health: %s", warning.message)
             record.setdefault("warnings", []).append(warning.kind)
         self.warnings.extend(new)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.main:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 class ProgressBar(TrainerCallback):
     """step / total, loss, margin, tokens/s, ETA, and the latest health warning, on one line."""
 
-    def __init__(self, step_log: StepLog, console=None):
+    def __init__(self, step_log: StepLog, console=None, label: str = "train"):
         self.step_log = step_log
         self.console = console
+        self.label = label
         self.progress = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -80,17 +87,19 @@ class ProgressBar(TrainerCallback):
         from lite_delta.progress import progress_bar
 
         self.progress = progress_bar(self.console, columns=(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             TextColumn("{task.description}"),
         ))
         self.progress.start()
-        self.task = self.progress.add_task("", total=state.max_steps, completed=state.global_step, label="train")
+        self.task = self.progress.add_task("", total=state.max_steps, completed=state.global_step, label=self.label)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.step_log.records or self.step_log.records[-1]["step"] != state.global_step:
             return
         r = self.step_log.records[-1]
-        text = f"loss {r['loss']:.4f}  margin {r.get('rewards/margins', float('nan')):+.3f}"
+        text = f"loss {r['loss']:.4f}"
+        if "rewards/margins" in r:
+            text += f"  margin {r['rewards/margins']:+.3f}"
         if "tokens_per_s" in r:
             text += f"  {r['tokens_per_s']:.0f} tok/s"
         if self.step_log.warnings:

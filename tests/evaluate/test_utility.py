@@ -140,6 +140,28 @@ def test_a_known_effect_gives_a_ci_that_excludes_zero_and_identical_runs_give_ze
     assert (tmp_path / "utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_sft_contrast_is_paired_on_the_same_prompt_draws(tmp_path):
+    rng = np.random.default_rng(1)
+    base_mean = rng.uniform(1, 3, 24)
+    chosen = base_mean + rng.uniform(2, 4, 24)
+    base = synthetic(list(base_mean), list(chosen), list(base_mean - 1))
+    sft = synthetic(list(base_mean + 0.5 * (chosen - base_mean)))  # imitation: toward the chosen level
+    tuned = synthetic(list(chosen + 3 + rng.normal(0, 0.5, 24)))  # DPO: past it
+    s = compare_utility(base, tuned, sft=sft)
+    assert list(s["bars"]) == ["base", "rejected", "chosen", "sft", "tuned"]
+    assert s["tuned_minus_sft"]["ci95"][0] > 0 and s["sft_minus_chosen"]["ci95"][1] < 0
+    assert s["sft_minus_base"]["diff"] == pytest.approx(s["bars"]["sft"]["mean"] - s["bars"]["base"]["mean"])
+    # the same draws for every column: DPO - SFT = (DPO - chosen) - (SFT - chosen) holds draw by draw, so means too
+    assert s["tuned_minus_sft"]["diff"] == pytest.approx(s["tuned_minus_chosen"]["diff"] - s["sft_minus_chosen"]["diff"])
+    assert "tuned_minus_sft" not in compare_utility(base, tuned)
+    s_no_gap = compare_utility(base, tuned, sft=tuned)
+    assert s_no_gap["tuned_minus_sft"]["ci95"] == [0.0, 0.0] and s_no_gap["tuned_minus_sft"]["p_not_above"] == 1.0
+    sft["settings"] = {**sft["settings"], "seed": 9}
+    assert any("between base and sft" in w for w in compare_utility(base, tuned, sft=sft)["warnings"])
+    utility_chart(s, tmp_path / "utility.png")
+    assert (tmp_path / "utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_mismatched_settings_are_warned_and_disjoint_runs_refused():
     base = synthetic([1.0, 2.0])
     tuned = synthetic([1.0, 2.0])

@@ -328,3 +328,22 @@ def test_unknown_scorer(tmp_path):
 def test_config_validation(tmp_path, fields, message):
     with pytest.raises(ValidationError, match=message):
         PairConfig(out=tmp_path, **fields)
+
+
+def test_by_score_pairs_per_prompt_takes_disjoint_pairs_while_the_margin_holds(tmp_path):
+    # scores 5, 4, 1, 0: best-worst (5, 0) and second best-second worst (4, 1), each answer used once
+    samples = [record(0, sections(n) + f" s{s}", sample=s) for s, n in enumerate([1, 5, 0, 4])]
+    # scores 3, 0, 0, 0: only the first pair clears the margin of 2
+    samples += [record(1, sections(n) + f" s{s}", sample=s) for s, n in enumerate([0, 3, 0, 0])]
+    out = by_score(tmp_path, samples, min_margin=2, pairs_per_prompt=2)
+    rows = read_pairs(out)
+    assert [(r["prompt_id"], r["chosen_score"], r["rejected_score"]) for r in rows] == [
+        ("pid0", 5.0, 0.0), ("pid0", 4.0, 1.0), ("pid1", 3.0, 0.0)]
+    texts = [r[side][0]["content"] for r in rows if r["prompt_id"] == "pid0" for side in ("chosen", "rejected")]
+    assert len(set(texts)) == 4
+    assert read_stats(out)["settings"]["pairs_per_prompt"] == 2
+    # the default is the paper's one pair per prompt; the same samples give best-worst only
+    rows = read_pairs(by_score(tmp_path, samples, min_margin=2))
+    assert [(r["prompt_id"], r["chosen_score"]) for r in rows] == [("pid0", 5.0), ("pid1", 3.0)]
+    # more pairs asked for than k // 2: stops at two for four samples
+    assert len(read_pairs(by_score(tmp_path, samples, min_margin=0, pairs_per_prompt=5))) == 4

@@ -1,0 +1,149 @@
+"""The SFT contrast: supervised fine-tuning of the student on the chosen answers alone.
+
+The paper's central picture (BRIEF §1) is that imitating weak chosen answers pulls a model toward their
+level, while DPO on the pairs pushes past both. This trains the contrast with the DPO run's own settings
+and budget: the same pairs after the same filters (so the same chosen answers, in the same number of
+rows), the same LoRA rank, alpha and targets, learning rate, schedule, batch size, steps or epochs and
+seed. Each chosen answer is seen as often as in DPO; SFT does not see the rejected answers — that is the
+difference being measured. Loss on the answer tokens only (TRL's prompt-completion format).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from lite_delta.config import TrainConfig
+from lite_delta.errors import LiteDeltaError
+from lite_delta.files import writable_dir, write_json
+from lite_delta.models.student import prepare_student
+from lite_delta.precision import device_capability, resolve_precision
+from lite_delta.train.backends import import_unsloth, load_peft, load_unsloth, resolve_backend
+from lite_delta.train.pairs_io import drop_degenerate, load_pairs, pairs_source, pairs_stats
+from lite_delta.train.sequences import check_sequences, end_token_ids, fit_prompts, template_for, template_sha
+
+log = logging.getLogger(__name__)
+
+STEP_LOG = "train_log.jsonl"
+SUMMARY = "sft.json"
+console = Console(stderr=True)
+
+
+def sft_rows(rows: list[dict]) -> list[dict]:
+    """Preference rows -> TRL prompt-completion rows holding the chosen answer (loss on it only)."""
+    return [{"prompt": row["prompt"], "completion": row["chosen"]} for row in rows]
+
+
+def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | None = None) -> Path:
+    """LoRA SFT on the chosen answers of `cfg.pairs`; returns `cfg.out` (adapter/, train_log.jsonl, sft.json).
+
+    `student_cache`: where a GGUF student is converted (the DPO run's copy, so it is converted once)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    backend = resolve_backend(cfg.backend, cuda)
+    if backend == "unsloth":
+        import_unsloth()
+    out = writable_dir(cfg.out, "--out", create=False)
+    rows, degenerate = drop_degenerate(load_pairs(cfg.pairs), pairs_source(cfg.pairs))  # DPO's filters, same rows
+    capability, device = device_capability()
+    precision = resolve_precision(cfg.precision, capability, device)
+    out.mkdir(parents=True, exist_ok=True)
+    student = prepare_student(cfg.student, student_cache or out / "student")
+
+    from datasets import Dataset
+    from transformers import AutoTokenizer, PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from lite_delta.train.callbacks import ProgressBar, StepLog
+
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    template, template_source = template_for(tokenizer, cfg.chat_template, cfg.student)
+    tokenizer.chat_template = template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    check_sequences(tokenizer, rows, end_token_ids(tokenizer, student))
+    budget = cfg.max_prompt_length or cfg.max_length // 2
+    rows, truncated, dropped = fit_prompts(rows, tokenizer, budget)
+    if not rows:
+        raise LiteDeltaError(f"no prompt in {cfg.pairs} fits in {budget} tokens: raise max_prompt_length")
+
+    if backend == "unsloth":
+        model, unsloth_tokenizer, lora = load_unsloth(student, cfg, precision)
+        unsloth_tokenizer.chat_template, unsloth_tokenizer.pad_token = template, tokenizer.pad_token
+        tokenizer = unsloth_tokenizer
+        if not cuda:
+            precision = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(model.dtype), "fp32")
+    else:
+        model, lora = load_peft(student, cfg, precision, cuda)
+    if not cuda:
+        from lite_delta.train.trl_cpu import use_torch_logprob_without_gpu
+
+        use_torch_logprob_without_gpu()  # TRL's chunked log-prob kernel is Triton-only
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        packing=False,
+        gradient_checkpointing=cuda and backend == "peft",
+        logging_steps=1,
+        save_strategy="no",  # a contrast run of a few minutes; rerunning the stage retrains it
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not cuda,
+        adam_beta2=0.95,
+        bf16=cuda and precision == "bf16",
+        fp16=cuda and precision == "fp16",
+    )
+    step_log = StepLog(out / STEP_LOG, loss_type="sft")
+    bar = ProgressBar(step_log, console, label="sft") if progress else None
+    callbacks = [step_log] + ([bar] if bar else [])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(rows)),
+                         processing_class=tokenizer, peft_config=lora, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)
+    started = time.perf_counter()
+    try:
+        trainer.train()
+    finally:
+        if bar is not None:
+            bar.close()
+    adapter = out / "adapter"
+    trainer.save_model(str(adapter))
+    tokenizer.save_pretrained(str(adapter))
+    records = step_log.records
+    summary = {
+        "what": "SFT on the chosen answers (the contrast to DPO)",
+        "student": cfg.student,
+        "student_path": student,
+        "backend": backend,
+        "device": device,
+        "precision": precision,
+        "chat_template": {"source": template_source, "sha256": template_sha(template)},
+        "config": cfg.model_dump(mode="json"),
+        "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,
+                  "prompt_budget_tokens": budget, "degenerate_dropped": degenerate},
+        "steps": trainer.state.global_step,
+        "passes_over_chosen": round(trainer.state.global_step * cfg.batch_size * cfg.grad_accum / len(rows), 2),
+        "chosen_tokens_per_pass": _answer_tokens(tokenizer, rows),
+        "seconds": round(time.perf_counter() - started, 1),
+        "last_log": records[-1] if records else None,
+    }
+    write_json(out / SUMMARY, summary)
+    return out
+
+
+def _answer_tokens(tokenizer, rows: list[dict]) -> int:
+    """Chosen-answer tokens in one pass over the rows (the same answers DPO sees on its chosen side)."""
+    return sum(len(tokenizer(row["chosen"][-1]["content"], add_special_tokens=False)["input_ids"]) for row in rows)
