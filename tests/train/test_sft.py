@@ -63,12 +63,11 @@ def test_sft_raises_the_chosen_answers_likelihood_with_dpo_settings(tmp_path, ti
     assert after > before + 0.5, (before, after)
 
 
-def test_sft_contrast_needs_a_train_section():
-    from pydantic import ValidationError
+def test_the_sft_stage_runs_only_beside_a_dpo_run():
+    from lite_delta.config import load_recipe
+    from lite_delta.pipeline import default_recipe_path, stage_settings
 
-    from lite_delta.config import Recipe
-
-    with pytest.raises(ValidationError, match="contrast.sft"):
-        Recipe.model_validate({"name": "x", "prompts": {"source": "builtin:demo"},
-                               "teachers": {"samples": "a.gguf"}, "pairing": {"mode": "by_score"},
-                               "generation": {"samples_per_prompt": 2}, "contrast": {"sft": True}})
+    demo = load_recipe(default_recipe_path())
+    assert demo.contrast.sft and stage_settings(demo)["sft"]["contrast"] == {"sft": True}
+    assert stage_settings(load_recipe(default_recipe_path(), ["train=null", "evaluate=null"]))["sft"] is None
+    assert stage_settings(load_recipe(default_recipe_path(), ["contrast.sft=false"]))["sft"] is None
