@@ -22,8 +22,9 @@ from lite_delta.files import writable_dir, write_json
 from lite_delta.models.student import prepare_student
 from lite_delta.precision import device_capability, resolve_precision
 from lite_delta.train.backends import import_unsloth, load_peft, load_unsloth, resolve_backend
-from lite_delta.train.pairs_io import drop_degenerate, load_pairs, pairs_source, pairs_stats
-from lite_delta.train.sequences import check_sequences, end_token_ids, fit_prompts, template_for, template_sha
+from lite_delta.train.pairs_io import drop_degenerate, load_pairs, pairs_source
+from lite_delta.train.sequences import check_sequences, end_token_ids, fit_prompts, template_for
+from lite_delta.train.stage import run_summary
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +126,9 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
     records = step_log.records
     summary = {
         "what": "SFT on the chosen answers (the contrast to DPO)",
-        "student": cfg.student,
-        "student_path": student,
-        "backend": backend,
-        "device": device,
-        "precision": precision,
-        "chat_template": {"source": template_source, "sha256": template_sha(template)},
-        "config": cfg.model_dump(mode="json"),
-        "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,
-                  "prompt_budget_tokens": budget, "degenerate_dropped": degenerate},
+        **run_summary(cfg, student=student, backend=backend, device=device, precision=precision, template=template,
+                      template_source=template_source, rows=rows, truncated=truncated, dropped=dropped, budget=budget,
+                      degenerate=degenerate),
         "steps": trainer.state.global_step,
         "passes_over_chosen": round(trainer.state.global_step * cfg.batch_size * cfg.grad_accum / len(rows), 2),
         "chosen_tokens_per_pass": _answer_tokens(tokenizer, rows),

@@ -152,15 +152,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     records = step_log.records
     rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     summary = {
-        "student": cfg.student,
-        "student_path": student,
-        "backend": backend,
-        "device": device,
-        "precision": precision,
-        "chat_template": {"source": template_source, "sha256": template_sha(template)},
-        "config": cfg.model_dump(mode="json"),
-        "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,
-                  "prompt_budget_tokens": budget, "degenerate_dropped": degenerate},
+        **run_summary(cfg, student=student, backend=backend, device=device, precision=precision, template=template,
+                      template_source=template_source, rows=rows, truncated=truncated, dropped=dropped, budget=budget,
+                      degenerate=degenerate),
         "steps": trainer.state.global_step,
         "processes": args.world_size,
         "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size,
@@ -210,6 +204,23 @@ def dpo_args(cfg: TrainConfig, checkpoints: Path, *, cuda: bool, backend: str, p
         bf16=cuda and precision == "bf16",
         fp16=cuda and precision == "fp16",
     )
+
+
+def run_summary(cfg: TrainConfig, *, student: str, backend: str, device: str, precision: str, template: str,
+                template_source: str, rows: list[dict], truncated: int, dropped: int, budget: int,
+                degenerate: dict) -> dict:
+    """What every training run of the student records (DPO's train.json, the SFT contrast's sft.json)."""
+    return {
+        "student": cfg.student,
+        "student_path": student,
+        "backend": backend,
+        "device": device,
+        "precision": precision,
+        "chat_template": {"source": template_source, "sha256": template_sha(template)},
+        "config": cfg.model_dump(mode="json"),
+        "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,
+                  "prompt_budget_tokens": budget, "degenerate_dropped": degenerate},
+    }
 
 
 def oom_message(cfg: TrainConfig, student: str, step: int) -> str:
