@@ -108,6 +108,16 @@ class CompletionStore:
     def __iter__(self) -> Iterator[dict]:
         return iter(self.records.values())
 
+    def refuse_others(self, wanted: set[str]) -> None:
+        """Closes the store and raises if it holds any key outside `wanted` (other settings, prompts or model)."""
+        stale = sum(1 for record in self if record["key"] not in wanted)
+        if stale:
+            self.close()
+            raise LiteDeltaError(
+                f"{self.path} holds {stale} completion(s) made with other settings, prompts or model; "
+                "use a new --out directory, or delete that file to start over"
+            )
+
     def append(self, record: dict) -> None:
         if record["key"] in self.records:
             return

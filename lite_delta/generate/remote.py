@@ -71,14 +71,7 @@ def generate_from_endpoints(cfg: GenerateConfig, *, progress: bool = True) -> Pa
             requests.append(ChatRequest(key, messages, seed, payload=(prompt, k)))
 
     store = CompletionStore(out / COMPLETIONS_FILE)
-    wanted = {r.key for r in requests}
-    stale = sum(1 for record in store if record["key"] not in wanted)
-    if stale:
-        store.close()
-        raise LiteDeltaError(
-            f"{out / COMPLETIONS_FILE} holds {stale} completion(s) made with other settings, prompts or model; "
-            "use a new --out directory, or delete that file to start over"
-        )
+    store.refuse_others({r.key for r in requests})
     todo = [r for r in requests if r.key not in store]
     previous = _previous(out / MANIFEST_FILE)
     manifest = {

@@ -90,15 +90,11 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
             requests.append(Request(key, tokens, seed, payload=(prompt, k)))
 
     store = CompletionStore(out / COMPLETIONS_FILE)
-    wanted = {r.key for r in requests}
-    stale = sum(1 for record in store if record["key"] not in wanted)
-    if stale:
-        store.close()
+    try:
+        store.refuse_others({r.key for r in requests})
+    except LiteDeltaError:
         model.close()
-        raise LiteDeltaError(
-            f"{out / COMPLETIONS_FILE} holds {stale} completion(s) made with other settings, prompts or model; "
-            "use a new --out directory, or delete that file to start over"
-        )
+        raise
     todo = [r for r in requests if r.key not in store]
     n_ctx_per_seq = min(round_up(longest + g.max_tokens), round_up(model.n_ctx_train)) if requests else 256
     threads = g.n_threads or default_threads()
