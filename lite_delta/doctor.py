@@ -53,6 +53,7 @@ class Facts:
     llama_version: str | None = None
     llama_gpu_offload: bool = False
     llama_amx: bool = False
+    llama_extra_buffers: bool = True
     bitsandbytes: str | None = None
     unsloth: str | None = None
     versions: dict[str, str | None] = field(default_factory=dict)
@@ -99,7 +100,10 @@ def gather(runs_dir: Path = Path("runs")) -> Facts:
 
         facts.llama_version = llama_cpp.__version__
         facts.llama_gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
+        from lite_delta.inference.engine import cpu_extra_buffers
+
         facts.llama_amx = "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+        facts.llama_extra_buffers = cpu_extra_buffers()
     facts.bitsandbytes = _version("bitsandbytes")
     facts.unsloth = _version("unsloth")  # not imported: importing unsloth patches trl and transformers
     facts.versions = {name: _version(name) for name in PINS}
@@ -175,7 +179,10 @@ def _llama_check(f: Facts, gpu: bool) -> Check:
         return Check("llama-cpp-python", "problem", f"{detail}, built without CUDA: generation would run on the CPU",
                      CUDA_REBUILD)
     build = "CUDA build" if f.llama_gpu_offload else "CPU build"
-    note = "; AMX kernels present, CPU extra buffers off (LITE_DELTA_CPU_EXTRA_BUFFERS)" if f.llama_amx else ""
+    state = "on" if f.llama_extra_buffers else "off"
+    note = f"; CPU extra buffers (repacked weights{', AMX' if f.llama_amx else ''}) {state}"
+    if f.llama_amx and not f.llama_extra_buffers:
+        note += " because this CPU runs the AMX kernels that crash on some VMs (LITE_DELTA_CPU_EXTRA_BUFFERS=1 turns them on)"
     return Check("llama-cpp-python", "ok", f"{detail}, {build}{note}")
 
 

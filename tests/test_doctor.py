@@ -46,6 +46,15 @@ def test_cpu_only_llama_build_on_a_gpu_machine_is_a_problem_with_the_rebuild_com
     assert check.fix == CUDA_REBUILD
 
 
+def test_the_llama_line_says_whether_cpu_extra_buffers_are_on_and_why_not():
+    plain = _by_name(judge(_cuda_box(llama_amx=False, llama_extra_buffers=True)))["llama-cpp-python"].detail
+    assert "extra buffers (repacked weights) on" in plain and "AMX" not in plain
+    amx_off = _by_name(judge(_cuda_box(llama_amx=True, llama_extra_buffers=False)))["llama-cpp-python"].detail
+    assert "off because this CPU runs the AMX kernels" in amx_off and "LITE_DELTA_CPU_EXTRA_BUFFERS=1" in amx_off
+    amx_on = _by_name(judge(_cuda_box(llama_amx=True, llama_extra_buffers=True)))["llama-cpp-python"].detail
+    assert "(repacked weights, AMX) on" in amx_on and "because" not in amx_on
+
+
 def test_precision_follows_the_card():
     assert precision_for((7, 5)).startswith("fp16"), "a T4 has no bf16"
     assert precision_for((8, 0)) == "bf16"
