@@ -16,6 +16,14 @@ def span(values: list[float], digits: int = 1) -> str:
     return f"{lo:.{digits}f}" if round(lo, digits) == round(hi, digits) else f"{lo:.{digits}f}–{hi:.{digits}f}"
 
 
+def cell(values: list[float], runs: int, digits: int = 1, unit: str = "") -> str:
+    """min–max of one engine's figures; a lever measured in fewer runs than the row says how many."""
+    if not values:
+        return "–"
+    text = span(values, digits) + unit
+    return text if len(values) == runs else f"{text} ({len(values)} run{'s' if len(values) > 1 else ''})"
+
+
 def main(paths: list[str]) -> None:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for path in paths:
@@ -32,10 +40,9 @@ def main(paths: list[str]) -> None:
     for (workload, prompts, samples, max_tokens, slots), rs in sorted(groups.items()):
         label = f"{prompts} × {max_tokens}" if samples == 1 else f"{prompts} prompts × {samples} samples × ≤{max_tokens}"
         row = [workload, str(slots), label, str(len(rs))]
-        row += [span([r["runs"][e]["tok_s"] for r in rs if e in r["runs"]]) if any(e in r["runs"] for r in rs) else "–"
-                for e in engines]
-        row += [(span([r["batched_over"][e] for r in rs if e in r["batched_over"]], 2) + "×")
-                if any(e in r["batched_over"] for r in rs) else "–" for e in engines if e != "batched"]
+        row += [cell([r["runs"][e]["tok_s"] for r in rs if e in r["runs"]], len(rs)) for e in engines]
+        row += [cell([r["batched_over"][e] for r in rs if e in r["batched_over"]], len(rs), 2, "×")
+                for e in engines if e != "batched"]
         same = defaultdict(list)
         for r in rs:
             for e, n in r["identical_to_batched"].items():
