@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from lite_delta.errors import LiteDeltaError
 
@@ -83,15 +83,40 @@ class EndpointTeacher(Strict):
         return f"{self.name or self.model or 'endpoint'} at {', '.join(self.endpoints)}"
 
 
+def _teacher_kind(value) -> str:
+    """Which form a teacher entry takes, so a mistake is reported against that form only (not every union branch)."""
+    if isinstance(value, dict):
+        return "derived-teacher" if "derive" in value else "endpoint-teacher"
+    if isinstance(value, DerivedTeacher):
+        return "derived-teacher"
+    return "endpoint-teacher" if isinstance(value, EndpointTeacher) else "gguf-file"
+
+
+TEACHER_KINDS = ("gguf-file", "derived-teacher", "endpoint-teacher")  # left out of error locations
+Teacher = Annotated[
+    Union[Annotated[str, Tag("gguf-file")], Annotated[EndpointTeacher, Tag("endpoint-teacher")]],
+    Discriminator(_teacher_kind),
+]
+RejectedTeacher = Annotated[
+    Union[Annotated[str, Tag("gguf-file")], Annotated[DerivedTeacher, Tag("derived-teacher")],
+          Annotated[EndpointTeacher, Tag("endpoint-teacher")]],
+    Discriminator(_teacher_kind),
+]
+LocalRejectedTeacher = Annotated[
+    Union[Annotated[str, Tag("gguf-file")], Annotated[DerivedTeacher, Tag("derived-teacher")]],
+    Discriminator(lambda v: "derived-teacher" if isinstance(v, (dict, DerivedTeacher)) else "gguf-file"),
+]  # the meter's rejected teacher: a GGUF or {derive: QUANT} (it does not run endpoints)
+
+
 # Where and how an endpoint teacher runs, not what it answers: left out of the run's stage keys, so adding a
 # machine (or changing in-flight limits) continues a generation instead of redoing it.
 ENDPOINT_PLACEMENT = ("endpoints", "max_in_flight", "timeout", "retries", "backoff", "api_key_env")
 
 
 class TeachersConfig(Strict):
-    chosen: str | EndpointTeacher | None = Field(None, description="the stronger model (by_model pairing)")
-    rejected: str | DerivedTeacher | EndpointTeacher | None = Field(None, description="the weaker model (by_model pairing)")
-    samples: str | EndpointTeacher | None = Field(None, description="one model sampled several times (by_score pairing)")
+    chosen: Teacher | None = Field(None, description="the stronger model (by_model pairing)")
+    rejected: RejectedTeacher | None = Field(None, description="the weaker model (by_model pairing)")
+    samples: Teacher | None = Field(None, description="one model sampled several times (by_score pairing)")
     chat_template: str | None = Field(None, description="Jinja template overriding the GGUF's own")
 
 
@@ -201,7 +226,7 @@ class Recipe(Strict):
 def format_validation_error(exc: ValidationError, source: str) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(str(p) for p in err["loc"] if p not in TEACHER_KINDS)
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"field `{loc}`: {msg}" if loc else msg)
     return f"{source}: " + "; ".join(parts)
@@ -279,7 +304,7 @@ class MeterConfig(MeterSettings):
     """One meter run: the settings plus the teachers, the generation settings and where meter.json goes."""
 
     chosen: str | None = Field(None, description="the stronger teacher (GGUF reference)")
-    rejected: str | DerivedTeacher | None = Field(None, description="the weaker teacher, or {derive: QUANT}")
+    rejected: LocalRejectedTeacher | None = Field(None, description="the weaker teacher, or {derive: QUANT}")
     samples: str | None = Field(None, description="by_score: the one teacher; chosen/rejected = best/worst of k")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     chat_template: str | None = None

@@ -54,6 +54,39 @@ def test_bad_field_is_named_with_the_file(text, field, tmp_path):
     assert field in message
 
 
+BY_MODEL = "name: r\nprompts: {source: 'builtin:demo'}\nteachers: {chosen: big.gguf, rejected: %s}\n"
+
+
+@pytest.mark.parametrize(
+    "rejected, message",
+    [
+        ("{derive: Q9_Z}", "field `teachers.rejected.derive`: unknown llama.cpp quant type 'Q9_Z'"),
+        ("{derive: Q2_K, endpoints: ['http://h:1/v1']}", "field `teachers.rejected.endpoints`: Extra inputs"),
+        ("{endpoints: ['ftp://h']}", "field `teachers.rejected.endpoints`: endpoint URLs start with http://"),
+        ("{model: m}", "field `teachers.rejected.endpoints`: Field required"),
+        ("5", "field `teachers.rejected`: Input should be a valid string"),
+    ],
+)
+def test_a_teacher_mistake_is_reported_against_the_form_it_was_written_in(rejected, message, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(BY_MODEL % rejected)
+    with pytest.raises(LiteDeltaError) as info:
+        load_recipe(path)
+    text = str(info.value)
+    assert message in text
+    assert text.count("field `") == 1, f"one clause, not one per union branch: {text}"
+
+
+def test_every_teacher_form_still_loads(tmp_path):
+    for rejected, kind in (("small.gguf", str), ("{derive: q2_k}", "DerivedTeacher"),
+                           ("{endpoints: ['http://h:1/v1'], model: m}", "EndpointTeacher")):
+        path = tmp_path / "r.yaml"
+        path.write_text(BY_MODEL % rejected)
+        got = load_recipe(path).teachers.rejected
+        assert (isinstance(got, str) if kind is str else type(got).__name__ == kind), got
+    assert load_recipe(path).teachers.chosen == "big.gguf"
+
+
 @pytest.mark.parametrize(
     "content, expect",
     [("name: [unclosed", "not valid YAML"), ("- just\n- a list\n", "mapping"), (None, "not found")],

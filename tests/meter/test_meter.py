@@ -200,7 +200,9 @@ def test_the_meter_stage_comes_first_and_never_reruns_generation(tmp_path):
 def test_a_recipe_with_an_unknown_derive_quant_is_one_message(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: r\nprompts: {source: 'builtin:demo'}\nteachers: {chosen: x.gguf, rejected: {derive: Q7}}\n")
-    assert "teachers.rejected" in _fails(["run", str(recipe), "--runs-dir", str(tmp_path), "--dry-run"], capsys)
+    message = _fails(["run", str(recipe), "--runs-dir", str(tmp_path), "--dry-run"], capsys)
+    assert "field `teachers.rejected.derive`: unknown llama.cpp quant type 'Q7'" in message
+    assert message.count("field `") == 1, message
 
 
 @pytest.mark.slow  # the dry run reads the teacher's shapes from its GGUF (~10 s)
