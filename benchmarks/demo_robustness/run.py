@@ -95,7 +95,7 @@ def collect(run_dir: Path, build: str, seed: int, wall: float | None) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = ("| build | seed | pairs | pair chosen / rejected | base | chosen | SFT | DPO | DPO − chosen [95% CI] "
-            "| DPO − SFT [95% CI] | met | generate / train / sft / evaluate s |")
+            "| DPO − SFT [95% CI] | met | generate / train / sft / evaluate s | cores |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         h, d, ds, t = r["heldout"], r["tuned_minus_chosen"], r["tuned_minus_sft"], r["stage_seconds"]
@@ -105,7 +105,8 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['build']} | {r['seed']} | {r['pairs']} | {fmt(r['pair_chosen_mean'])} / "
                      f"{fmt(r['pair_rejected_mean'])} | {fmt(h['base'])} | {fmt(h['chosen'])} | {fmt(h.get('sft'))} | "
                      f"{fmt(h['tuned'])} | {ci(d)} | {ci(ds)} | {'yes' if r['target_met'] else '**no**'} | "
-                     f"{sec('generate')} / {sec('train')} / {sec('sft')} / {sec('evaluate')} |")
+                     f"{sec('generate')} / {sec('train')} / {sec('sft')} / {sec('evaluate')} | "
+                     f"{(r.get('environment') or {}).get('cores', '–')} |")
     return "\n".join(lines)
 
 
