@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # lite-delta's batched engine vs llama.cpp's own llama-server (and the sequential loop), same GGUF, same
 # token-id prompts, same machine, in one command: RUNS (default 3) repetitions of
-#   fixed     greedy, 64 new tokens (end tokens ignored), 32 and 64 demo prompts: batched, sequential, llama-server
+#   fixed     greedy, 64 new tokens (end tokens ignored), 32 and 64 demo prompts: batched and llama-server; the
+#             sequential loop (the floor) in the first repetition
 #   by_score  the demo's workload: 32 prompts x 4 samples at T 0.9, up to 128 tokens (the demo's budget), stop
 #             on EOS: batched (per-prompt sharing on, the default) and llama-server; in the first repetition
 #             also each engine lever alone: without sharing, with live rows
@@ -18,10 +19,12 @@ BIN=$(bash benchmarks/llama_server/build.sh "${SDIST:-}" | tail -1)
 OUT=benchmarks/results
 files=()
 for rep in $(seq 1 "$RUNS"); do
+  floor=(--no-sequential)
+  [ "$rep" = 1 ] && floor=()
   for n in 32 64; do
     f="$OUT/peer-fixed-smollm2-cpu-${SLOTS}slots-${n}x64-$rep.json"
     lite-delta bench generate --model "$MODEL" --parallel "$SLOTS" --prompts "$n" --max-tokens 64 \
-      --peer llama-server --server-bin "$BIN" --out "$f"
+      "${floor[@]}" --peer llama-server --server-bin "$BIN" --out "$f"
     files+=("$f")
   done
   f="$OUT/peer-by_score-smollm2-cpu-${SLOTS}slots-32x4x128-$rep.json"
