@@ -120,8 +120,9 @@ def bench_generate(
     peer: str | None = None,
     server_bin: Path | None = None,
 ) -> dict:
-    """Tokens/s of each engine on the same requests, run one after the other in this order: batched,
-    each variant, sequential, the peer server; ratios against the batched engine and output agreement."""
+    """Tokens/s of each engine on the same requests, run one after the other in this order: batched, the
+    peer server (right after it, so the headline ratio spans the least drift of a shared machine), each
+    variant, sequential; ratios against the batched engine and output agreement."""
     from lite_delta.environment import environment
 
     if workload not in WORKLOADS:
@@ -154,18 +155,6 @@ def bench_generate(
     record("batched", *_timed(batched, requests, params))
     slots = batched.slots
     batched.close()
-    for name, (kwargs, extra) in parsed.items():
-        with _extra_buffers(extra):
-            vmodel = GGUFModel(path) if extra is not None else model
-        engine = BatchedEngine(vmodel, slots=parallel, n_ctx_per_seq=n_ctx, n_threads=threads, **kwargs)
-        record(name, *_timed(engine, requests, params), extra_buffers=vmodel.extra_buffers)
-        engine.close()
-        if vmodel is not model:
-            vmodel.close()
-    if sequential:
-        engine = SequentialEngine(model, n_ctx_per_seq=n_ctx, n_threads=threads)
-        record("sequential", *_timed(engine, requests, params))
-        engine.close()
     peer_info = None
     if peer:
         from lite_delta.bench_peer import free_port, llama_server, run_clients, server_args, server_version
@@ -180,6 +169,18 @@ def bench_generate(
             result = run_clients(url, requests, params, clients=slots)
             seconds = time.perf_counter() - started
         record("llama-server", seconds, sum(len(t) for t in result.values()), result)
+    for name, (kwargs, extra) in parsed.items():
+        with _extra_buffers(extra):
+            vmodel = GGUFModel(path) if extra is not None else model
+        engine = BatchedEngine(vmodel, slots=parallel, n_ctx_per_seq=n_ctx, n_threads=threads, **kwargs)
+        record(name, *_timed(engine, requests, params), extra_buffers=vmodel.extra_buffers)
+        engine.close()
+        if vmodel is not model:
+            vmodel.close()
+    if sequential:
+        engine = SequentialEngine(model, n_ctx_per_seq=n_ctx, n_threads=threads)
+        record("sequential", *_timed(engine, requests, params))
+        engine.close()
     gpu = model.n_gpu_layers > 0 and gpu_offload_available()
     extra_buffers = model.extra_buffers
     model.close()

@@ -4,8 +4,8 @@
 #   fixed     greedy, 64 new tokens (end tokens ignored), 32 and 64 demo prompts: batched and llama-server; the
 #             sequential loop (the floor) in the first repetition
 #   by_score  the demo's workload: 32 prompts x 4 samples at T 0.9, up to 128 tokens (the demo's budget), stop
-#             on EOS: batched (per-prompt sharing on, the default) and llama-server; in the first repetition
-#             also each engine lever alone: without sharing, with live rows
+#             on EOS: batched (per-prompt sharing on, the default), llama-server right after it, and the
+#             live-rows lever; in the first repetition also the engine without per-prompt sharing
 # at SLOTS (default 32) slots, N concurrent clients for the server. The sequential loop is left out of by_score
 # (it is the floor, measured on the fixed workload, and would take most of the run). Builds llama-server once
 # if needed (benchmarks/llama_server/build.sh). JSON per run in benchmarks/results/peer-*.json, then a
@@ -28,8 +28,8 @@ for rep in $(seq 1 "$RUNS"); do
     files+=("$f")
   done
   f="$OUT/peer-by_score-smollm2-cpu-${SLOTS}slots-32x4x128-$rep.json"
-  levers=()
-  [ "$rep" = 1 ] && levers=(--variant share_prompts=0 --variant live_rows)
+  levers=(--variant live_rows)
+  [ "$rep" = 1 ] && levers+=(--variant share_prompts=0)
   lite-delta bench generate --model "$MODEL" --workload by_score --parallel "$SLOTS" --prompts 32 --samples 4 \
     --max-tokens 128 --no-sequential "${levers[@]}" --peer llama-server --server-bin "$BIN" --out "$f"
   files+=("$f")
