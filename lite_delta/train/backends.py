@@ -102,3 +102,27 @@ def load_peft(student: str, cfg: TrainConfig, precision: str, cuda: bool, *, dev
         target_modules=cfg.lora_targets, task_type="CAUSAL_LM",
     )
     return model, lora
+
+
+def load_student(backend: str, student: str, cfg: TrainConfig, precision: str, cuda: bool, tokenizer,
+                 template: str | None = None, *, device_index: int | None = None, sharded: bool = False):
+    """The LoRA-wrapped student on `backend`, ready for a TRL trainer: (model, tokenizer, lora, precision).
+
+    Unsloth brings its own tokenizer, which gets the run's chat template (where given) and `tokenizer`'s pad token; on the CPU it picks
+    its own dtype, returned as the run's precision. Without a GPU, TRL's Triton-only log-prob kernel is
+    swapped for the torch one. `device_index`: this process's GPU (DDP); `sharded`: FSDP or ZeRO-3."""
+    if backend == "unsloth":
+        model, unsloth_tokenizer, lora = load_unsloth(student, cfg, precision, device_index=device_index)
+        unsloth_tokenizer.pad_token = tokenizer.pad_token
+        if template is not None:
+            unsloth_tokenizer.chat_template = template
+        tokenizer = unsloth_tokenizer
+        if not cuda:  # Unsloth's CPU mode picks its own dtype (bf16 where the CPU has it)
+            precision = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(model.dtype), "fp32")
+    else:
+        model, lora = load_peft(student, cfg, precision, cuda, device_index=device_index or 0, sharded=sharded)
+    if not cuda:
+        from lite_delta.train.trl_cpu import use_torch_logprob_without_gpu
+
+        use_torch_logprob_without_gpu()  # TRL's chunked log-prob kernel is Triton-only
+    return model, tokenizer, lora, precision

@@ -160,25 +160,16 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
     from trl import DPOConfig, DPOTrainer
 
     from lite_delta.config import TrainConfig
-    from lite_delta.train.backends import load_peft, load_unsloth
+    from lite_delta.train.backends import load_student
 
     cfg = TrainConfig(student=student_path, pairs=work / "pairs.jsonl", out=work, backend=backend,
                       max_length=max(max_lengths), lora_r=lora_r, lora_alpha=2 * lora_r)
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(student_path)
-    if backend == "unsloth":
-        model, tokenizer, lora = load_unsloth(student_path, cfg, precision)
-        if not cuda:  # Unsloth's CPU mode picks its own dtype
-            precision = result["precision"] = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
-                str(model.dtype), "fp32")
-    else:
-        model, lora = load_peft(student_path, cfg, precision, cuda)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not cuda:
-        from lite_delta.train.trl_cpu import use_torch_logprob_without_gpu
-
-        use_torch_logprob_without_gpu()
+    model, tokenizer, lora, precision = load_student(backend, student_path, cfg, precision, cuda, tokenizer)
+    result["precision"] = precision  # Unsloth's CPU mode picks its own dtype
     result["load_seconds"] = round(time.perf_counter() - started, 2)
 
     for max_length, batch in bench_settings(max_lengths, batches):

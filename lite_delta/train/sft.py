@@ -21,7 +21,7 @@ from lite_delta.errors import LiteDeltaError
 from lite_delta.files import writable_dir, write_json
 from lite_delta.models.student import prepare_student
 from lite_delta.precision import device_capability, resolve_precision
-from lite_delta.train.backends import import_unsloth, load_peft, load_unsloth, resolve_backend
+from lite_delta.train.backends import import_unsloth, load_student, resolve_backend
 from lite_delta.train.pairs_io import drop_degenerate, load_pairs, pairs_source
 from lite_delta.train.sequences import check_sequences, end_token_ids, fit_prompts, template_for
 from lite_delta.train.stage import run_summary
@@ -72,18 +72,7 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
     if not rows:
         raise LiteDeltaError(f"no prompt in {cfg.pairs} fits in {budget} tokens: raise max_prompt_length")
 
-    if backend == "unsloth":
-        model, unsloth_tokenizer, lora = load_unsloth(student, cfg, precision)
-        unsloth_tokenizer.chat_template, unsloth_tokenizer.pad_token = template, tokenizer.pad_token
-        tokenizer = unsloth_tokenizer
-        if not cuda:
-            precision = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(model.dtype), "fp32")
-    else:
-        model, lora = load_peft(student, cfg, precision, cuda)
-    if not cuda:
-        from lite_delta.train.trl_cpu import use_torch_logprob_without_gpu
-
-        use_torch_logprob_without_gpu()  # TRL's chunked log-prob kernel is Triton-only
+    model, tokenizer, lora, precision = load_student(backend, student, cfg, precision, cuda, tokenizer, template)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,

@@ -21,7 +21,7 @@ from lite_delta.config import TrainConfig
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import writable_dir, write_json, write_text
 from lite_delta.precision import device_capability, resolve_precision
-from lite_delta.train.backends import import_unsloth, load_peft, load_unsloth, resolve_backend, sharded_weights
+from lite_delta.train.backends import import_unsloth, load_student, resolve_backend, sharded_weights
 from lite_delta.train.pairs_io import describe_degenerate, drop_degenerate, load_pairs, pairs_source, pairs_stats
 from lite_delta.train.sequences import (
     check_sequences,
@@ -110,20 +110,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if backend == "unsloth" and cuda and sharded_weights():
         raise LiteDeltaError("FSDP and DeepSpeed ZeRO-3 shard the weights, which Unsloth's 4-bit loader does not: "
                              "pass --backend peft (Unsloth's multi-GPU mode is DDP: --num-processes N alone)")
-    if backend == "unsloth":
-        model, unsloth_tokenizer, lora = load_unsloth(
-            student, cfg, precision, device_index=args.local_process_index if cuda and distributed else None)
-        unsloth_tokenizer.chat_template, unsloth_tokenizer.pad_token = template, tokenizer.pad_token
-        tokenizer = unsloth_tokenizer
-        if not cuda:  # Unsloth's CPU mode picks its own dtype (bf16 where the CPU has it)
-            precision = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(model.dtype), "fp32")
-    else:
-        model, lora = load_peft(student, cfg, precision, cuda, device_index=args.local_process_index,
-                                sharded=cuda and sharded_weights())
-    if not cuda:
-        from lite_delta.train.trl_cpu import use_torch_logprob_without_gpu
-
-        use_torch_logprob_without_gpu()
+    model, tokenizer, lora, precision = load_student(
+        backend, student, cfg, precision, cuda, tokenizer, template,
+        device_index=args.local_process_index if cuda and distributed else None,
+        sharded=cuda and sharded_weights())
     step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss, main=main)
     bar = ProgressBar(step_log, console) if progress else None
     callbacks = [step_log] + ([bar] if bar else [])
