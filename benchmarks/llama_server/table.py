@@ -49,11 +49,12 @@ def main(paths: list[str]) -> None:
                 same[e].append(n)
         row.append(", ".join(f"{e} {min(v)}/{rs[0]['sequences']}" for e, v in same.items()))
         print("| " + " | ".join(row) + " |")
+    levers = [e for e in engines if e not in ("batched", "llama-server", "sequential")]
     for (workload, *_), rs in sorted(groups.items()):  # each lever against the peer, run by run
-        for e in engines:
+        for e in levers:
             ratios = [r["runs"][e]["tok_s"] / r["runs"]["llama-server"]["tok_s"]
                       for r in rs if e in r["runs"] and "llama-server" in r["runs"]]
-            if e not in ("batched", "llama-server", "sequential") and ratios:
+            if ratios:
                 print(f"\n{workload}: {e} / llama-server {cell(ratios, len(rs), 2, '×')}")
 
 

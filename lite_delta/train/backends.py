@@ -108,9 +108,10 @@ def load_student(backend: str, student: str, cfg: TrainConfig, precision: str, c
                  template: str | None = None, *, device_index: int | None = None, sharded: bool = False):
     """The LoRA-wrapped student on `backend`, ready for a TRL trainer: (model, tokenizer, lora, precision).
 
-    Unsloth brings its own tokenizer, which gets the run's chat template (where given) and `tokenizer`'s pad token; on the CPU it picks
-    its own dtype, returned as the run's precision. Without a GPU, TRL's Triton-only log-prob kernel is
-    swapped for the torch one. `device_index`: this process's GPU (DDP); `sharded`: FSDP or ZeRO-3."""
+    Unsloth brings its own tokenizer, which gets the run's chat template (where given) and `tokenizer`'s
+    pad token; on the CPU it picks its own dtype, returned as the run's precision. Without a GPU, TRL's
+    Triton-only log-prob kernel is swapped for the torch one. `device_index`: this process's GPU (DDP);
+    `sharded`: FSDP or ZeRO-3."""
     if backend == "unsloth":
         model, unsloth_tokenizer, lora = load_unsloth(student, cfg, precision, device_index=device_index)
         unsloth_tokenizer.pad_token = tokenizer.pad_token
