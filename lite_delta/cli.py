@@ -203,6 +203,10 @@ def plan(
     max_length: int = typer.Option(2048, min=16, help="longest prompt + answer to plan for"),
     global_batch: int = typer.Option(8, min=1, help="pairs per optimizer step (batch x gradient accumulation)"),
     lora_r: int = typer.Option(16, min=1, help="LoRA rank"),
+    backend: str = typer.Option("peft", help="peft | unsloth (its checkpoints wait in CPU memory: what backend "
+                                "auto picks on a GPU with the `gpu` extra)"),
+    answer_share: float = typer.Option(0.5, min=0.01, max=1.0, help="answers' share of the tokens (TRL projects "
+                                       "only those onto the vocabulary); prompts take up to half of max_length"),
     json_out: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Estimate peak VRAM of a QLoRA DPO step from the model's config and print settings that fit."""
@@ -211,7 +215,7 @@ def plan(
     from lite_delta.train.plan import PRESETS_GB, plan as make_plan, print_plan
 
     result = make_plan(student, list(gpu_mem) or list(PRESETS_GB), max_length=max_length,
-                       global_batch=global_batch, lora_r=lora_r)
+                       global_batch=global_batch, lora_r=lora_r, backend=backend, answer_share=answer_share)
     if json_out:
         print(json.dumps(result, indent=2))
     else:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -104,3 +108,229 @@ def test_bad_configs_exit_2_naming_the_problem(tmp_path, capsys, content, messag
 def test_text_config_of_multimodal_wrappers_is_read():
     shapes = shapes_from_config({"text_config": LLAMA_31_8B, "tie_word_embeddings": False})
     assert shapes.layers == 32
+
+
+# --- the log-prob and checkpoint terms against what TRL 1.15 and Unsloth 2026.10.9 really hold ---------------
+
+
+class LiveBytes:
+    """Bytes of the tensor storages that torch ops create while active (what a CUDA allocator would
+    hold for them), and their peak. Views, in-place and `out=` results share an input's storage and
+    are not counted again; storages that existed before are not counted at all."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        meter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                meter.sweep()
+                out = func(*args, **(kwargs or {}))
+                if not meter.paused:
+                    meter.add(out, (args, kwargs))
+                return out
+
+        self.mode = Mode()
+        self.refs: dict[int, tuple] = {}
+        self.live = self.peak = 0
+        self.paused = False
+
+    def sweep(self):
+        for ptr, (ref, nbytes) in list(self.refs.items()):
+            if ref.expired():
+                del self.refs[ptr]
+                self.live -= nbytes
+
+    def add(self, out, inputs):
+        import torch
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_leaves
+
+        shared = {t.untyped_storage().data_ptr() for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                ptr = storage.data_ptr()
+                if storage.nbytes() and ptr not in self.refs and ptr not in shared:
+                    self.refs[ptr] = (StorageWeakRef(storage), storage.nbytes())
+                    self.live += storage.nbytes()
+        self.peak = max(self.peak, self.live)
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
+def test_logits_term_is_what_trls_fused_lm_head_holds(tiny_student, monkeypatch):
+    """TRL 1.15's own fused LM head (`add_fused_lm_head`, `ChunkedLogProbFunction`, its tile sizes read from
+    the installed modules) on the tiny model's LM head, 4 sequences × 2560 tokens with the prompt half
+    masked, in bf16: the peak bytes it allocates over its forward and backward equal the planner's log-prob
+    term. Only the two Triton kernels, which work in place in the tile and allocate nothing, are replaced
+    (they need a GPU), and `_addmm_fp32` accumulates without a temporary, as it does on CUDA."""
+    torch = pytest.importorskip("torch")
+    chunked = pytest.importorskip("trl.kernels.chunked_logprob")
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    from lite_delta.train.plan import GIB, TRL_TOKEN_TILE, TRL_VOCAB_TILE, logits_bytes
+
+    token_tile, vocab_tile = chunked.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE
+    assert (TRL_TOKEN_TILE, TRL_VOCAB_TILE) == (token_tile, vocab_tile)  # the planner's copy of TRL's sizes
+    meter = LiveBytes()
+    tiles = []
+
+    class Kernel:  # a Triton kernel launch, kernel[grid](tile, ...): it only reads and writes the tile
+        def __getitem__(self, grid):
+            return lambda tile, *args, **kwargs: tiles.append((tuple(tile.shape), tile.dtype))
+
+    def addmm_fp32(acc, a, b):  # CUDA: torch.addmm(..., out_dtype=float32, out=acc), no temporary
+        meter.paused = True
+        acc.add_(a.float() @ b.float())
+        meter.paused = False
+
+    monkeypatch.setattr(chunked, "_forward_kernel", Kernel())
+    monkeypatch.setattr(chunked, "_backward_kernel", Kernel())
+    monkeypatch.setattr(chunked, "_addmm_fp32", addmm_fp32)
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", chunked.ChunkedLogProbFunction)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_student, dtype=torch.bfloat16).requires_grad_(False)
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    pairs, length = 2, 2560
+    assert vocab > vocab_tile and pairs * 2 * length // 2 > token_tile  # both tilings are exercised
+    last_hidden = torch.randn(2 * pairs, length, hidden, dtype=torch.bfloat16, requires_grad=True)
+    model.model.forward = lambda *a, **k: BaseModelOutputWithPast(last_hidden_state=last_hidden)  # the backbone's output
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))  # as DPOTrainer
+    input_ids = torch.randint(0, 1000, (2 * pairs, length))
+    labels = input_ids.clone()
+    labels[:, : length // 2] = -100  # the prompt half: not scored
+    with meter:
+        out = model(input_ids=input_ids, labels=labels, fused_lm_head=True)
+        forward_peak = meter.peak
+        out.log_probs.sum().backward()
+    answer_tokens = int((labels[:, 1:] != -100).sum())
+    assert {shape for shape, _ in tiles} == {(min(answer_tokens, token_tile), min(vocab, vocab_tile)),
+                                              (min(answer_tokens, token_tile), vocab - vocab_tile),
+                                              (answer_tokens - token_tile, min(vocab, vocab_tile)),
+                                              (answer_tokens - token_tile, vocab - vocab_tile)}
+    assert {dtype for _, dtype in tiles} == {torch.bfloat16}
+    assert meter.peak >= forward_peak  # the backward is the head's peak
+
+    tokens = 2 * pairs * length
+    predicted = logits_bytes(tokens, answer_tokens, hidden, vocab)
+    tile = min(answer_tokens, token_tile) * min(vocab, vocab_tile) * 2
+    assert abs(meter.peak - predicted) < 0.01 * (predicted - tile)  # exact up to the shifted last token
+    shapes = load_shapes(tiny_student)
+    planned = estimate(shapes, batch_size=pairs, max_length=length, answer_share=0.5).logits_gib * GIB
+    assert planned == pytest.approx(meter.peak, rel=0.001)
+    assert tokens * vocab * 4 > 7 * meter.peak  # the old term: full fp32 logits of every token
+
+
+def _checkpointed_backbone_bytes(layers: int, tokens: int, hidden: int) -> int:
+    """Bytes a frozen Llama backbone (inputs requiring grad, as under LoRA) keeps after its forward with
+    transformers' gradient checkpointing, the setting TRL turns on for the peft backend."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                         max_position_embeddings=tokens)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).requires_grad_(False).train()
+    model.gradient_checkpointing_enable()
+    with LiveBytes() as meter:
+        hidden_states = model.model(input_ids=torch.randint(0, 512, (2, tokens // 2))).last_hidden_state
+        held = meter.live
+    assert hidden_states.requires_grad
+    return held
+
+
+def test_peft_checkpoint_term_is_one_hidden_state_per_layer():
+    """What checkpointing keeps grows by exactly the planner's checkpoint bytes for each added layer."""
+    from lite_delta.train.plan import checkpoint_bytes
+
+    tokens, hidden = 4096, 128
+    measured = _checkpointed_backbone_bytes(4, tokens, hidden) - _checkpointed_backbone_bytes(2, tokens, hidden)
+    config = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "vocab_size": 512}
+    planned = [checkpoint_bytes(shapes_from_config({**config, "num_hidden_layers": n}), tokens, backend="peft",
+                                max_length=tokens // 2)[0] for n in (2, 4)]
+    assert measured == planned[1] - planned[0] == 2 * tokens * hidden * 2
+
+
+def test_unsloth_checkpoint_term_keeps_staging_buffers_and_the_last_layer(llama_dir):
+    from lite_delta.train.plan import UNSLOTH_GPU_HIDDEN_STATES, checkpoint_bytes
+
+    shapes = load_shapes(str(llama_dir))
+    tokens = 2 * 2 * 2048
+    hidden_state = tokens * shapes.hidden * 2
+    assert checkpoint_bytes(shapes, tokens, backend="peft", max_length=2048) == (32 * hidden_state, 0)
+    assert checkpoint_bytes(shapes, tokens, backend="unsloth", max_length=2048) == (
+        UNSLOTH_GPU_HIDDEN_STATES * hidden_state, 31 * hidden_state)
+    deeper = shapes_from_config({**LLAMA_31_8B, "num_hidden_layers": 64})
+    assert checkpoint_bytes(deeper, tokens, backend="unsloth", max_length=2048)[0] == 3 * hidden_state
+    # below max_seq_length 512 Unsloth checkpoints as plain transformers does
+    assert checkpoint_bytes(shapes, 4 * 511, backend="unsloth", max_length=511) == checkpoint_bytes(
+        shapes, 4 * 511, backend="peft", max_length=511)
+    peft = estimate(shapes, batch_size=2, max_length=2048)
+    unsloth = estimate(shapes, batch_size=2, max_length=2048, backend="unsloth")
+    assert peft.total_gib - unsloth.total_gib == pytest.approx(29 * hidden_state / 1024**3)
+    assert unsloth.host_gib == pytest.approx(31 * hidden_state / 1024**3) and peft.host_gib == 0
+
+
+UNSLOTH_PROBE = """
+import json, torch
+import unsloth
+import unsloth_zoo.gradient_checkpointing as gc
+from unsloth.models._utils import apply_unsloth_gradient_checkpointing
+from lite_delta.train.plan import UNSLOTH_OFFLOAD_MIN_LENGTH as n
+below = apply_unsloth_gradient_checkpointing("unsloth", n - 1, torch.bfloat16)
+at = apply_unsloth_gradient_checkpointing("unsloth", n, torch.bfloat16)
+print("PROBE" + json.dumps({"below": below, "at": at, "minimum_size": gc.MINIMUM_SIZE,
+      "checkpoint": torch.utils.checkpoint.CheckpointFunction.__name__,
+      "staging": [hasattr(gc, "GPU_BUFFERS"), hasattr(gc, "GPU_BUFFERS_B")]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="Unsloth is not installed")
+def test_unsloth_constants_match_the_installed_unsloth(tmp_path):
+    """The installed Unsloth's own switch: plain checkpointing below the planner's length, its offloading
+    CheckpointFunction from it on, and offloading only layer inputs above the planner's byte size. (Its CPU
+    fallback cannot offload, so the GPU-side count itself waits for a GPU run.) A subprocess: importing
+    Unsloth patches transformers and TRL for the whole process."""
+    from lite_delta.train.plan import UNSLOTH_OFFLOAD_MIN_BYTES
+
+    env = {**os.environ, "UNSLOTH_DISABLE_PINNED_MEMORY": "1", "UNSLOTH_DISABLE_DOUBLE_BUFFER": "1"}  # no CUDA here
+    done = subprocess.run([sys.executable, "-c", UNSLOTH_PROBE], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)  # Unsloth writes its compiled cache into the working directory
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads(done.stdout.split("PROBE", 1)[1])
+    assert probe == {"below": True, "at": "unsloth", "minimum_size": UNSLOTH_OFFLOAD_MIN_BYTES,
+                     "checkpoint": "UnslothCheckpointFunction", "staging": [True, True]}
+
+
+def test_answer_share_and_backend_are_checked(llama_dir, capsys):
+    shapes = load_shapes(str(llama_dir))
+    half = estimate(shapes, batch_size=1, max_length=2048)
+    whole = estimate(shapes, batch_size=1, max_length=2048, answer_share=1.0)
+    assert half.answer_share == 0.5 and whole.logits_gib > half.logits_gib
+    with pytest.raises(LiteDeltaError, match="answer_share"):
+        estimate(shapes, batch_size=1, max_length=2048, answer_share=0)
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--student", str(llama_dir), "--backend", "vllm"])
+    assert exit_.value.code == 2 and "peft and unsloth" in capsys.readouterr().err
+
+
+def test_plan_says_it_is_an_estimate_and_shows_unsloths_host_memory(llama_dir, capsys):
+    main(["plan", "--student", str(llama_dir), "--gpu-mem", "24", "--backend", "unsloth"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "not a measurement" in text and "±20 %" in text
+    assert "pinned CPU memory" in text and "backend unsloth" in text
+    main(["plan", "--student", str(llama_dir), "--gpu-mem", "24", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["backend"] == "peft" and "not a measurement" in result["note"]
