@@ -310,6 +310,10 @@ def eval_(
     humaneval_samples: int = typer.Option(20, min=1, help="HumanEval samples per problem (pass@10 needs 10+)"),
     parallel: int = typer.Option(8, min=1, help="llama.cpp sequences decoded at once"),
     batch_size: int = typer.Option(8, min=1, help="transformers generation batch"),
+    precision: str = typer.Option("auto", help="transformers compute dtype: auto | bf16 | fp16 | fp32 (auto: bf16 "
+                                  "from compute 8.0, fp16 on a T4, fp32 on the CPU)"),
+    quantization: str = typer.Option("auto", help="transformers base weights: auto | nf4 | none (auto: nf4 on a "
+                                     "CUDA GPU, the base a QLoRA adapter was trained on; none on the CPU)"),
     model_cache: Optional[Path] = typer.Option(None, help="transformers: where a GGUF is converted (default OUT/model)"),
     threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: all cores)"),
 ) -> None:
@@ -319,10 +323,14 @@ def eval_(
 
     if subset not in ("stratified", "first"):
         raise LiteDeltaError(f"--subset must be stratified or first, not {subset!r}")
+    for option, value, allowed in (("--precision", precision, ("auto", "bf16", "fp16", "fp32")),
+                                   ("--quantization", quantization, ("auto", "nf4", "none"))):
+        if value not in allowed:
+            raise LiteDeltaError(f"{option} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}")
     cfg = EvalConfig(model=model, out=out, tasks=parse_tasks(tasks), adapter=adapter, engine=engine, limit=limit,
                      subset=subset, seed=seed, data_dir=data_dir, max_tokens=max_tokens,
                      humaneval_samples=humaneval_samples, parallel=parallel, batch_size=batch_size,
-                     model_cache=model_cache, threads=threads)
+                     precision=precision, quantization=quantization, model_cache=model_cache, threads=threads)
     results = evaluate(cfg)
     for name in cfg.tasks:
         r = results["tasks"][name]

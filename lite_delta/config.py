@@ -400,6 +400,13 @@ class SuiteEvalConfig(Strict):
     max_tokens: int | None = Field(None, gt=0, description="caps every task's generation budget")
     humaneval_samples: int = Field(20, gt=0)
     seed: int = 0
+    batch_size: int = Field(8, gt=0, description="prompts generated together (transformers engine)")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="transformers engine compute dtype: auto = bf16 from compute 8.0, fp16 before (T4), "
+        "fp32 on the CPU")
+    quantization: Literal["auto", "nf4", "none"] = Field(
+        "auto", description="transformers engine base weights: nf4 = 4-bit NF4, the base a QLoRA adapter was "
+        "trained on (fair base vs tuned); auto: nf4 on a CUDA GPU, none on the CPU")
 
     @field_validator("tasks")
     @classmethod

@@ -354,6 +354,7 @@ def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
         s = recipe.evaluate.suite
         common = dict(tasks=s.tasks, limit=s.limit, subset=s.subset, seed=s.seed, data_dir=s.data_dir,
                       max_tokens=s.max_tokens, humaneval_samples=s.humaneval_samples, engine=engine,
+                      batch_size=s.batch_size, precision=s.precision, quantization=s.quantization,
                       model_cache=out / "model")
         # Same engine, template and items for both: the base is the student with no adapter.
         console.print(f"[bold]evaluate[/bold] reduced suite ({engine}): base student")

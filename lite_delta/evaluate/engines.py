@@ -143,34 +143,60 @@ class LlamaCppEngine:
         self.model.close()
 
 
+def transformers_precision(precision: str, quantization: str,
+                           capability: tuple[int, int] | None, gpu_name: str = "this GPU") -> tuple[str, str]:
+    """(compute dtype, base weights) for the transformers engine: `precision` and `quantization` as the
+    recipe's `evaluate.suite` says, `capability` the CUDA compute capability (None on the CPU).
+
+    auto precision: bf16 from compute 8.0, fp16 before (a T4 emulates bf16, slowly), fp32 on the CPU.
+    auto quantization: nf4 on a GPU (the 4-bit base a QLoRA adapter was trained on, for base and tuned
+    alike), none on the CPU (where PEFT trains on the full-precision base); nf4 runs on the CPU too.
+    """
+    from lite_delta.precision import resolve_precision
+
+    if capability is None and precision not in ("auto", "fp32"):
+        raise LiteDeltaError(f"evaluation precision {precision} needs a CUDA GPU; on the CPU the transformers "
+                             "engine runs in fp32 (set evaluate.suite.precision: auto or fp32)")
+    if quantization not in ("auto", "nf4", "none"):
+        raise LiteDeltaError(f"evaluation quantization must be auto, nf4 or none, not {quantization!r}")
+    compute = resolve_precision(precision, capability, gpu_name)
+    weights = ("nf4" if capability is not None else "none") if quantization == "auto" else quantization
+    return compute, weights
+
+
 class TransformersEngine:
     """A Hub id or model folder (a GGUF is converted once), optionally with a PEFT LoRA adapter.
 
-    fp32 on the CPU; 4-bit NF4 (bitsandbytes) on a CUDA GPU. Remote code is never run.
+    Compute dtype and base weights from `transformers_precision`: by default 4-bit NF4 (bitsandbytes)
+    computing in bf16 or fp16 as the card allows on a CUDA GPU, fp32 on the CPU. Remote code is never run.
     """
 
     name = "transformers"
 
-    def __init__(self, ref: str, *, adapter: Path | None = None, cache_dir: Path, batch_size: int = 8):
-        import torch
+    def __init__(self, ref: str, *, adapter: Path | None = None, cache_dir: Path, batch_size: int = 8,
+                 precision: str = "auto", quantization: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from lite_delta.models.student import prepare_student
+        from lite_delta.precision import device_capability, torch_dtype
 
+        capability, gpu_name = device_capability()
+        compute, weights = transformers_precision(precision, quantization, capability, gpu_name)
         source = prepare_student(ref, cache_dir)
         self.batch_size = batch_size
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        kwargs: dict = {"trust_remote_code": False}
-        if self.device == "cuda":
+        self.device = "cuda" if capability is not None else "cpu"
+        dtype = torch_dtype(compute)
+        kwargs: dict = {"trust_remote_code": False, "dtype": dtype}
+        if weights == "nf4":
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        if self.device == "cuda":
             kwargs["device_map"] = {"": 0}
-            self.precision = "nf4"
-        else:
-            kwargs["dtype"] = torch.float32
-            self.precision = "fp32"
+        # what ran: "fp32", "bf16", "fp16", or "nf4/<compute>" for 4-bit weights computing in that dtype
+        self.precision = compute if weights == "none" else f"nf4/{compute}"
+        self.quantization = weights
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -295,7 +321,7 @@ def _folder_digest(folder: Path) -> str:
 
 
 def open_engine(model: str, *, engine: str, adapter: Path | None, cache_dir: Path, parallel: int, batch_size: int,
-                threads: int | None = None):
+                threads: int | None = None, precision: str = "auto", quantization: str = "auto"):
     from lite_delta.models.student import is_gguf_reference
 
     gguf = is_gguf_reference(model) or model.startswith("hf://")
@@ -310,5 +336,6 @@ def open_engine(model: str, *, engine: str, adapter: Path | None, cache_dir: Pat
             from lite_delta.models.refs import resolve_model
 
             model = str(resolve_model(model))
-        return TransformersEngine(model, adapter=adapter, cache_dir=cache_dir, batch_size=batch_size)
+        return TransformersEngine(model, adapter=adapter, cache_dir=cache_dir, batch_size=batch_size,
+                                  precision=precision, quantization=quantization)
     raise LiteDeltaError(f"unknown engine {engine!r} (auto | llama.cpp | transformers)")

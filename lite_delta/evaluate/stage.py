@@ -43,6 +43,8 @@ class EvalConfig:
     parallel: int = 8  # llama.cpp sequences decoded at once
     threads: int | None = None  # llama.cpp CPU threads (default: all cores)
     batch_size: int = 8  # transformers generation batch
+    precision: str = "auto"  # transformers compute dtype: auto | bf16 | fp16 | fp32 (auto: bf16 from compute 8.0)
+    quantization: str = "auto"  # transformers base weights: auto | nf4 | none (auto: nf4 on a CUDA GPU)
     model_cache: Path | None = None  # where a GGUF is converted for transformers (default OUT/model)
 
 
@@ -142,7 +144,8 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
 
                 engine = open_engine(cfg.model, engine=cfg.engine, adapter=cfg.adapter,
                                      cache_dir=cfg.model_cache or out / "model",
-                                     parallel=cfg.parallel, batch_size=cfg.batch_size, threads=cfg.threads)
+                                     parallel=cfg.parallel, batch_size=cfg.batch_size, threads=cfg.threads,
+                                     precision=cfg.precision, quantization=cfg.quantization)
                 results["engine"] = engine.identity
             settings = {**plan.settings, "engine": results.get("engine"), "model": cfg.model,
                         "adapter": str(cfg.adapter) if cfg.adapter else None}
