@@ -3,7 +3,8 @@ own llama-server (`--peer llama-server`), same prompts, one run.
 
 Two workloads: `fixed` (greedy, a fixed number of new tokens, end tokens ignored: the bench's classic) and
 `by_score` (the demo's: k samples per prompt at T 0.9, answers of varying length that stop on EOS). Engine
-variants (`--variant share_prompts`, `live_rows`, ...) measure one lever each against the default engine.
+variants (`--variant share_prompts`, `live_rows`, `device_sampling`, ...) measure one lever each against the
+default engine; `device_sampling` (llama.cpp's backend sampling) against host sampling also gets `device_over_host`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from lite_delta.prompts import load_prompts
 
 WORKLOADS = ("fixed", "by_score")
 # a lever each, against the default batched engine; the last two reload the model with other settings
-VARIANTS = ("share_prompts=0|1", "live_rows=0|1", "extra_buffers=0|1")  # a bare name means =1
+VARIANTS = ("share_prompts=0|1", "live_rows=0|1", "device_sampling=0|1", "extra_buffers=0|1")  # a bare name means =1
 
 
 def describe_device(gpu: bool) -> str:
@@ -61,7 +62,7 @@ def _variant(name: str) -> tuple[dict, str | None]:
     extra = None
     for part in name.split("+"):
         key, _, value = part.partition("=")
-        if key in ("share_prompts", "live_rows") and value in ("", "0", "1"):
+        if key in ("share_prompts", "live_rows", "device_sampling") and value in ("", "0", "1"):
             kwargs[key] = value != "0"
         elif key == "extra_buffers" and value in ("0", "1"):
             extra = value
@@ -173,7 +174,8 @@ def bench_generate(
         with _extra_buffers(extra):
             vmodel = GGUFModel(path) if extra is not None else model
         engine = BatchedEngine(vmodel, slots=parallel, n_ctx_per_seq=n_ctx, n_threads=threads, **kwargs)
-        record(name, *_timed(engine, requests, params), extra_buffers=vmodel.extra_buffers)
+        record(name, *_timed(engine, requests, params), extra_buffers=vmodel.extra_buffers,
+               **({"sampled_on_device": engine.sampling_on_device} if engine.device_sampling else {}))
         engine.close()
         if vmodel is not model:
             vmodel.close()
@@ -224,6 +226,8 @@ def bench_generate(
             speedup=round(base / runs["sequential"]["tok_s"], 3),
             identical_outputs=result["identical_to_batched"]["sequential"],
         )
+    if "device_sampling" in runs:  # > 1: sampling on the device is faster than on the host
+        result["device_over_host"] = round(runs["device_sampling"]["tok_s"] / base, 3)
     if peer:
         result.update(peer_tok_s=runs["llama-server"]["tok_s"], batched_over_peer=result["batched_over"]["llama-server"])
     if out is not None:

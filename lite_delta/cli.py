@@ -248,7 +248,11 @@ def bench_generate(
     samples: int = typer.Option(4, min=1, help="by_score: samples per prompt"),
     variant: Optional[list[str]] = typer.Option(
         None, help="also run the batched engine with other levers (repeatable; + combines): share_prompts=0|1 "
-        "(default on), live_rows[=0|1] (default off), extra_buffers=0|1 (the model reloaded so)"),
+        "(default on), live_rows[=0|1] (default off), device_sampling[=0|1] (default off), extra_buffers=0|1 (the "
+        "model reloaded so)"),
+    device_sampling: bool = typer.Option(
+        False, "--device-sampling", help="also run the batched engine sampling on the device (llama.cpp's backend "
+        "sampling; = --variant device_sampling): device_over_host in the JSON"),
     sequential: bool = typer.Option(True, "--sequential/--no-sequential", help="run the one-at-a-time loop too"),
     peer: Optional[str] = typer.Option(None, help="llama-server: also run llama.cpp's own server, N slots, N clients"),
     server_bin: Optional[Path] = typer.Option(None, help="the llama-server binary (benchmarks/llama_server/build.sh)"),
@@ -257,8 +261,8 @@ def bench_generate(
     from lite_delta.bench import bench_generate as run_bench
 
     result = run_bench(model, parallel=parallel, n_prompts=prompts, max_tokens=max_tokens, n_threads=threads, out=out,
-                       workload=workload, samples=samples, variants=variant or (), sequential=sequential, peer=peer,
-                       server_bin=server_bin)
+                       workload=workload, samples=samples, sequential=sequential, peer=peer, server_bin=server_bin,
+                       variants=[*(variant or ()), *(["device_sampling"] if device_sampling else [])])
     rates = " | ".join(f"{name} {r['tok_s']:.1f} tok/s" for name, r in result["runs"].items())
     ratios = ", ".join(f"{result['batched_over'][name]:.2f}x over {name}" for name in result["batched_over"])
     print(f"{result['workload']}: {rates}")
@@ -266,6 +270,8 @@ def bench_generate(
           f"({result['slots']} slots, {result['n_threads']} threads, {result['device']})")
     if "speedup" in result:
         print(f"speedup {result['speedup']:.2f}x (batched over sequential)")
+    if "device_over_host" in result:
+        print(f"device sampling {result['device_over_host']:.2f}x host sampling's tok/s")
 
 
 @bench_app.command("train")

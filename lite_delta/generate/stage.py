@@ -72,6 +72,9 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
         temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_tokens=g.max_tokens, stop=tuple(g.stop)
     )
 
+    sampling = asdict(params)
+    if g.device_sampling and g.temperature > 0:  # sampled tokens can differ from host sampling's: never mixed
+        sampling["device_sampling"] = True
     requests: list[Request] = []
     over_budget = 0
     longest = 0
@@ -85,7 +88,7 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
         for k in range(g.samples_per_prompt):
             seed = item_seed(g.seed, prompt.prompt_id, k)
             key = completion_key(
-                model=identity, template=model.chat_template, prompt=rendered, sampling=asdict(params), seed=seed
+                model=identity, template=model.chat_template, prompt=rendered, sampling=sampling, seed=seed
             )
             requests.append(Request(key, tokens, seed, payload=(prompt, k)))
 
@@ -127,7 +130,8 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
     try:
         if todo:
             if g.engine == "batched":
-                engine = BatchedEngine(model, slots=g.parallel, n_ctx_per_seq=n_ctx_per_seq, n_threads=threads)
+                engine = BatchedEngine(model, slots=g.parallel, n_ctx_per_seq=n_ctx_per_seq, n_threads=threads,
+                                       device_sampling=g.device_sampling)
             else:
                 engine = SequentialEngine(model, n_ctx_per_seq=n_ctx_per_seq, n_threads=threads)
         with progress_bar(disable=not progress) as bar:

@@ -34,6 +34,12 @@ def gpu_offload_available() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+def backend_sampling_available() -> bool:
+    """Whether these bindings expose llama.cpp's backend sampling (sampler chains run inside the graph)."""
+    names = ("llama_set_sampler", "llama_get_sampled_token_ith", "llama_sampler_copy")
+    return all(hasattr(llama_cpp, name) for name in names)
+
+
 def cpu_runs_amx(cpuinfo: str | None = None) -> bool:
     """Whether programs may use AMX tiles here: the kernel lists ``amx_tile`` in /proc/cpuinfo only where
     the CPU has AMX and the kernel (or VM) enabled its state; True when that cannot be read."""
@@ -240,6 +246,16 @@ def _new_sampler(params: SamplingParams, seed: int) -> _internals.LlamaSampler:
     return sampler
 
 
+def _chain_names(chain: _internals.LlamaSampler) -> list[str]:
+    """The chain's samplers as llama.cpp names them once attached: "+temp" runs on the backend, "-top-p" or a
+    bare name does not, "?top-k" is a no-op (top_k 0, top_p 1, ...) that counts as on the backend."""
+    n = llama_cpp.llama_sampler_chain_n(chain.sampler)
+    return [
+        llama_cpp.llama_sampler_name(llama_cpp.llama_sampler_chain_get(chain.sampler, i)).decode("utf-8", "replace")
+        for i in range(n)
+    ]
+
+
 @dataclass
 class _Decoding:
     """The output of one sequence so far, and when it must stop."""
@@ -333,6 +349,27 @@ class BatchedEngine:
     from its saved logits, the very numbers their own prefill would give, so the answers are the same. ``live_rows``: decode steps carry only the
     slots still generating, so the tail of a run stops paying for throwaway rows; the batch shape
     then depends on what else is running (opt-in: see the README's reproducibility notes).
+
+    ``device_sampling`` (opt-in): llama.cpp's backend sampling. Each slot's sampler chain is attached to its
+    sequence (``llama_set_sampler``) and runs inside the compute graph, so a decode step returns one token per
+    slot (``llama_get_sampled_token_ith``) instead of every slot's full-vocabulary logits being sampled on the
+    host one by one. A slot still draws only from its own row and its own RNG, and the batch shape does not
+    change, so answers still do not depend on what else is running. The first token of every answer is drawn
+    on the host from its prompt's logits, as without the option (see ``_prefill``); the slot's chain then
+    takes over the host chain's RNG state (``llama_sampler_copy``), which also gives each refilled slot its
+    request's seed without re-attaching a chain. Greedy tokens equal host sampling's (tested) except where two
+    top logits are exactly equal (ggml's argmax keeps the last maximum, the host's greedy the first). Seeded
+    sampling uses the same mt19937 draws, but llama.cpp's backend dist sampler picks the first token whose
+    float32 running sum of probabilities exceeds the draw, where the host sums in double: over a large
+    vocabulary the float sum drops tail probabilities below its rounding step (it ends ~5e-5 short of 1 on
+    SmolLM2), so a draw near a token boundary or in the tail maps to another token (9 of 1,352 steps at
+    T 0.9 there; the test reproduces each case), and a draw past the float total picks the vocabulary's last token.
+    With top_k set, ggml's top_k returns its candidates in no fixed order, so the same draw maps to other
+    tokens more often. Sampled answers are therefore their own (seeded, reproducible) answers, not host
+    sampling's. This llama.cpp still copies each
+    slot's sampled logits and probabilities (full vocabulary without top_k) to the host: what the option saves
+    is the host's per-slot sampling work. Where llama.cpp cannot run the whole chain on its backend (another
+    build, an op the device lacks) it logs why and samples on the host.
     """
 
     name = "batched"
@@ -349,6 +386,7 @@ class BatchedEngine:
         adapter: LoraAdapter | None = None,
         share_prompts: bool = True,
         live_rows: bool = False,
+        device_sampling: bool = False,
     ):
         self.model = model
         self.adapter = adapter
@@ -356,7 +394,13 @@ class BatchedEngine:
         self.n_threads = n_threads or default_threads()
         self.share_prompts = share_prompts
         self.live_rows = live_rows
-        self.spare_streams = 2 if share_prompts else 1  # the shared prefix; the last repeated prompt
+        if device_sampling and not backend_sampling_available():
+            log.warning("device sampling: llama-cpp-python %s has no backend sampling API; sampling on the host",
+                        llama_cpp.__version__)
+            device_sampling = False
+        self.device_sampling = device_sampling
+        # the shared prefix; the last repeated prompt; device sampling: a stream without a sampler to prefill in
+        self.spare_streams = (2 if share_prompts else 1) + (1 if device_sampling else 0)
         self.n_batch = max(n_batch, slots, MIN_PREFILL_ROWS)
         self.flash_attn = flash_attn
         self.ctx = None
@@ -384,6 +428,10 @@ class BatchedEngine:
         self.repeats: dict[tuple[int, ...], int] = {}
         self.shared_prefills = 0
         self.candidates = None  # a llama_token_data array for sampling from saved logits
+        self.prefill_stream = slots + self.spare_streams - 1  # device sampling: prompts are prefilled here
+        self.device_chains: list[_internals.LlamaSampler] | None = None  # attached to slots 0..n-1, kept alive
+        self.device_chain_config: tuple | None = None  # the sampling settings they were built for
+        self.sampling_on_device = False  # whether the current generate() samples on the device
 
     def _new_context(self, slots: int):
         params = llama_cpp.llama_context_default_params()
@@ -399,7 +447,40 @@ class BatchedEngine:
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         params.no_perf = True
+        if self.device_sampling:
+            # one output per sequence per decode: dist then draws once per decode (untransactional), graph small
+            params.n_outputs_max_per_seq = 1
         return llama_cpp.llama_init_from_model(self.model.model.model, params)
+
+    def _attach_device_chains(self, params: SamplingParams) -> bool:
+        """Attach one sampler chain per slot for these settings (once per settings: llama.cpp re-reserves its
+        graph after each attach); False, with a log line, where the backend cannot run the whole chain."""
+        config = (params.temperature, params.top_p, params.top_k)
+        if self.device_chains is not None and self.device_chain_config == config:
+            return True
+        self._detach_device_chains()
+        self.device_chains = [_new_sampler(params, 0) for _ in range(self.slots)]  # seeds come per request
+        for s, chain in enumerate(self.device_chains):
+            attached = llama_cpp.llama_set_sampler(self.ctx, s, chain.sampler)
+            names = _chain_names(chain)
+            if not attached or not all(n.startswith(("+", "?")) for n in names):
+                log.warning("device sampling: llama.cpp cannot run the sampler chain %s on its backend "
+                            "(+ runs there, - or a bare name does not); sampling on the host", " ".join(names))
+                self._detach_device_chains()
+                return False
+        self.device_chain_config = config
+        log.info("device sampling: %d slots sample inside llama.cpp's graph (%s)", self.slots, " ".join(names))
+        return True
+
+    def _detach_device_chains(self) -> None:
+        if self.device_chains is None:
+            return
+        if self.ctx is not None:
+            for s in range(self.slots):
+                llama_cpp.llama_set_sampler(self.ctx, s, None)
+        for chain in self.device_chains:
+            chain.close()
+        self.device_chains = self.device_chain_config = None
 
     def close(self) -> None:
         if self.batch is not None:
@@ -408,6 +489,7 @@ class BatchedEngine:
         if self.ctx is not None:
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
+        self._detach_device_chains()  # after the context: it holds pointers to the chains
 
     def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
         b = self.batch
@@ -435,6 +517,7 @@ class BatchedEngine:
         self.cached_prompt = self.cached_logits = None
         self.repeats = {}
         self.shared_prefills = 0  # prompts copied from the prompt cache instead of prefilled
+        self.sampling_on_device = self.device_sampling and self._attach_device_chains(params)
         if self.share_prompts:
             for r in requests:
                 key = tuple(r.tokens)
@@ -453,6 +536,8 @@ class BatchedEngine:
                         done = self._sample(slot, self.batch.n_tokens - 1, logits)
                         if done is None:
                             slots[s] = slot
+                            if self.sampling_on_device:  # the slot's chain continues the host chain's RNG
+                                llama_cpp.llama_sampler_copy(slot.sampler.sampler, self.device_chains[s].sampler)
                         else:
                             yield done
                             self._clear(s, slot)
@@ -473,7 +558,7 @@ class BatchedEngine:
                 for s, slot in enumerate(slots):
                     if slot is None:
                         continue
-                    done = self._sample(slot, rows[s])
+                    done = self._sample(slot, rows[s], device=self.sampling_on_device)
                     if done is not None:
                         yield done
                         self._clear(s, slot)
@@ -485,7 +570,13 @@ class BatchedEngine:
 
     def _prefill(self, s: int, request: Request, params: SamplingParams):
         """Fill slot ``s`` with the request's prompt; return the slot and, when its prompt came from the
-        prompt cache, the saved logits to draw its first token from (else None: the batch's last row)."""
+        prompt cache, the saved logits to draw its first token from (else None: the batch's last row).
+
+        With device sampling the prompt is prefilled into a spare stream that has no sampler attached and
+        copied into the slot: llama.cpp copies raw logits out only for rows of sequences without a backend
+        sampler, and the first token is drawn on the host from them, exactly as without the option. So the
+        saved-logits path for samples sharing a prompt stays as it is (the same numbers as their own prefill),
+        at the cost of one more KV stream and one stream copy per prompt."""
         prompt = request.tokens
         room = self.n_ctx_per_seq - len(prompt)
         if room < 1:
@@ -502,15 +593,20 @@ class BatchedEngine:
             llama_cpp.llama_memory_seq_cp(self.memory, self.prompt_cache, s, -1, -1)
             self.shared_prefills += 1
             return slot, self.cached_logits
+        seq = self.prefill_stream if self.sampling_on_device else s
+        if seq != s:
+            llama_cpp.llama_memory_seq_rm(self.memory, seq, -1, -1)
         if self.prefix_len:  # a full-stream copy, done by llama.cpp before the next decode
-            llama_cpp.llama_memory_seq_cp(self.memory, self.slots, s, -1, -1)
-        self._prefill_positions(s, prompt, self.prefix_len, len(prompt), logits=True)
+            llama_cpp.llama_memory_seq_cp(self.memory, self.slots, seq, -1, -1)
+        self._prefill_positions(seq, prompt, self.prefix_len, len(prompt), logits=True)
+        if seq != s:  # copies run in this order before the next decode, so the slot gets this prompt
+            llama_cpp.llama_memory_seq_cp(self.memory, seq, s, -1, -1)
         if key is not None and self.repeats[key] > 0:  # more samples of this prompt to come: keep it
             row = llama_cpp.llama_get_logits_ith(self.ctx, self.batch.n_tokens - 1)
             self.cached_logits = np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
             self.cached_prompt = key
             llama_cpp.llama_memory_seq_rm(self.memory, self.prompt_cache, -1, -1)
-            llama_cpp.llama_memory_seq_cp(self.memory, s, self.prompt_cache, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self.memory, seq, self.prompt_cache, -1, -1)
         return slot, None
 
     def _prefill_positions(self, seq: int, tokens: list[int], start: int, end: int, logits: bool) -> None:
@@ -520,8 +616,12 @@ class BatchedEngine:
                 self._add(tokens[pos], pos, seq, logits and pos == end - 1)
             self._decode()
 
-    def _sample(self, slot: _Slot, row: int, logits=None) -> Completion | None:
-        if logits is None:
+    def _sample(self, slot: _Slot, row: int, logits=None, device: bool = False) -> Completion | None:
+        if device:  # drawn in the graph by the slot's attached chain
+            token = llama_cpp.llama_get_sampled_token_ith(self.ctx, row)
+            if token < 0:
+                raise RuntimeError(f"llama.cpp sampled no token on the device for row {row}")
+        elif logits is None:
             token = llama_cpp.llama_sampler_sample(slot.sampler.sampler, self.ctx, row)
         else:
             token = self._sample_saved(slot.sampler, logits)
