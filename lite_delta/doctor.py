@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
+import re
 import shutil
 import socket
+import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,6 +36,16 @@ PINS = {
 UNSLOTH_PIN = "2026.10.9"
 CUDA_REBUILD = 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --no-cache-dir --force-reinstall llama-cpp-python==0.3.36'
 GB = 1024**3
+
+# Which NVIDIA driver runs which CUDA (Linux x86_64). Sources: NVIDIA's CUDA Compatibility guide, "Minor Version
+# Compatibility", Table 1 (a CUDA 13.x build needs driver >= 580, 12.x >= 525, 11.x >= 450), and the CUDA Toolkit
+# Release Notes, "CUDA Toolkit and Corresponding Driver Versions" (the GA driver of each toolkit, which has all of
+# its features; between the two, minor-version compatibility runs it without PTX JIT).
+CUDA_MAJOR_MIN_DRIVER = {13: 580, 12: 525, 11: 450}
+CUDA_TOOLKIT_DRIVER = {(13, 0): 580, (12, 9): 575, (12, 8): 570, (12, 6): 560, (12, 5): 555, (12, 4): 550,
+                       (12, 3): 545, (12, 2): 535, (12, 1): 530, (12, 0): 525, (11, 8): 520}
+# Where torch builds for other CUDA versions live (cu126, cu128, cu130); torch >= 2.11 from PyPI is cu130.
+TORCH_INDEX = "https://download.pytorch.org/whl"
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,10 @@ class Facts:
     disk_free_gb: dict[str, float] = field(default_factory=dict)
     hub_offline: bool = False
     hub_reachable: bool | None = None
+    driver_version: str | None = None  # NVIDIA driver, read without torch (nvidia-smi or /proc); None: none found
+    driver_cuda: str | None = None  # the newest CUDA the driver says it runs (nvidia-smi's header), if it says
+    cuda_visible_devices: str | None = None  # the variable as set; None when unset
+    torch_cuda_warning: str | None = None  # what torch said when it could not initialise CUDA
 
 
 def _version(dist: str) -> str | None:
@@ -84,14 +102,50 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def nvidia_driver() -> tuple[str | None, str | None]:
+    """The NVIDIA driver's version and the newest CUDA it runs, without torch: (None, None) when there is none."""
+    version = cuda = None
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            first = out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else ""
+            if re.fullmatch(r"\d+\.\d+(\.\d+)?", first):
+                version = first
+                header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+                found = re.search(r"CUDA Version:\s*(\d+\.\d+)", header)
+                cuda = found.group(1) if found else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if version is None:  # no nvidia-smi (some containers): the kernel module says its version too
+        try:
+            version = proc_driver_version(Path("/proc/driver/nvidia/version").read_text())
+        except OSError:
+            pass
+    return version, cuda
+
+
+def proc_driver_version(text: str) -> str | None:
+    """'NVRM version: NVIDIA UNIX [Open ]Kernel Module [for x86_64]  580.65.06  ...' -> '580.65.06'."""
+    found = re.search(r"Kernel Module.*?\s(\d+\.\d+(?:\.\d+)?)\s", text)
+    return found.group(1) if found else None
+
+
 def gather(runs_dir: Path = Path("runs")) -> Facts:
     facts = Facts(python=tuple(sys.version_info[:3]))
+    facts.driver_version, facts.driver_cuda = nvidia_driver()
+    facts.cuda_visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
     if importlib.util.find_spec("torch") is not None:
         import torch
 
         facts.torch_version = torch.__version__
         facts.torch_cuda = torch.version.cuda
-        if torch.cuda.is_available():
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            available = torch.cuda.is_available()
+        if not available and said:
+            facts.torch_cuda_warning = " ".join(str(said[0].message).split())
+        if available:
             facts.gpu_name = torch.cuda.get_device_name(0)
             facts.gpu_capability = tuple(torch.cuda.get_device_capability(0))
             facts.gpu_free_gb = torch.cuda.mem_get_info(0)[0] / GB
@@ -125,16 +179,13 @@ def judge(f: Facts) -> list[Check]:
     else:
         build = f"CUDA {f.torch_cuda} build" if f.torch_cuda else "CPU build"
         checks.append(Check("torch", "ok", f"{f.torch_version}, {build}"))
+    checks.append(_driver_check(f))
     if gpu:
         cap = ".".join(map(str, f.gpu_capability or ()))
         checks.append(Check("gpu", "ok", f"{f.gpu_name}, compute {cap}, {f.gpu_free_gb:.1f} GB free"))
         checks.append(Check("precision", "ok", precision_for(f.gpu_capability)))
-    elif f.torch_cuda:
-        checks.append(Check("gpu", "warning", "torch has CUDA but sees no GPU",
-                            "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES"))
     else:
-        checks.append(Check("gpu", "warning", "no CUDA GPU: generation, pairing and the demo run on the CPU; "
-                            "4-bit QLoRA training needs a CUDA GPU"))
+        checks.append(_no_gpu_check(f))
     checks.append(_llama_check(f, gpu))
     if gpu:
         ok = f.bitsandbytes is not None
@@ -160,6 +211,86 @@ def judge(f: Facts) -> list[Check]:
         checks.append(Check("hub", "warning", "huggingface.co unreachable: only cached models/datasets and local "
                             "files work", "connect once to download, or set HF_HUB_OFFLINE=1 to skip Hub retries"))
     return checks
+
+
+def _cuda(version: str | None) -> tuple[int, int] | None:
+    found = re.match(r"(\d+)\.(\d+)", version or "")
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def driver_runs(driver: str, driver_cuda: str | None = None) -> tuple[int, int] | None:
+    """The newest CUDA this driver runs in full: what nvidia-smi says, else NVIDIA's table (None: older than 450)."""
+    if _cuda(driver_cuda):
+        return _cuda(driver_cuda)
+    major = int(driver.split(".")[0])
+    fits = [cuda for cuda, needs in CUDA_TOOLKIT_DRIVER.items() if major >= needs]
+    return max(fits) if fits else None
+
+
+def torch_for_driver(driver: str, torch_version: str | None) -> str:
+    """The command for a torch built for the CUDA this driver runs: cu130 from 580, cu128 from 570, cu126 from 525
+    (below 560 through minor-version compatibility)."""
+    major = int(driver.split(".")[0])
+    tag = "cu130" if major >= 580 else "cu128" if major >= 570 else "cu126" if major >= 525 else None
+    if tag is None:
+        return f"update the NVIDIA driver: CUDA 12 needs >= {CUDA_MAJOR_MIN_DRIVER[12]}, CUDA 13 >= 580"
+    version = (torch_version or "").split("+")[0]
+    pin = f"torch=={version}" if version else "torch"
+    fix = (f"pip install --force-reinstall {pin} --index-url {TORCH_INDEX}/{tag} (if that version has no {tag} "
+           "build, the newest that has)")
+    return fix if major >= 580 else f"{fix}, or update the NVIDIA driver to >= 580 for CUDA 13"
+
+
+def _driver_check(f: Facts) -> Check:
+    """The NVIDIA driver against the CUDA torch was built for: too old a driver hides the GPU from torch."""
+    if f.driver_version is None:
+        return Check("nvidia driver", "ok", "none found (nvidia-smi, /proc/driver/nvidia/version)")
+    runs = driver_runs(f.driver_version, f.driver_cuda)
+    runs_text = f"runs CUDA {'.'.join(map(str, runs))}" if runs else "too old for CUDA 11"
+    detail = f"{f.driver_version} ({runs_text})"
+    built = _cuda(f.torch_cuda)
+    if built is None:
+        return Check("nvidia driver", "ok", detail)
+    needs = CUDA_MAJOR_MIN_DRIVER.get(built[0], 0)
+    major = int(f.driver_version.split(".")[0])
+    if major < needs:
+        return Check("nvidia driver", "problem",
+                     f"{detail}, but torch {f.torch_version} is built for CUDA {f.torch_cuda}, which needs driver "
+                     f">= {needs}: torch sees no GPU and everything runs on the CPU",
+                     torch_for_driver(f.driver_version, f.torch_version))
+    full = CUDA_TOOLKIT_DRIVER.get(built, needs)
+    if major < full:
+        return Check("nvidia driver", "warning",
+                     f"{detail}; torch's CUDA {f.torch_cuda} wants driver >= {full} for all its features and runs "
+                     "here through CUDA minor-version compatibility (no PTX JIT: a kernel without machine code "
+                     "for this GPU fails)", torch_for_driver(f.driver_version, f.torch_version))
+    return Check("nvidia driver", "ok", detail)
+
+
+def _no_gpu_check(f: Facts) -> Check:
+    """torch sees no GPU: say why, as far as the facts tell."""
+    if not f.torch_cuda:
+        if f.driver_version is not None:
+            return Check("gpu", "warning", f"torch is a CPU build, but NVIDIA driver {f.driver_version} is here: "
+                         "training and evaluation run on the CPU", torch_for_driver(f.driver_version, f.torch_version))
+        return Check("gpu", "warning", "no CUDA GPU: generation, pairing and the demo run on the CPU; "
+                     "4-bit QLoRA training needs a CUDA GPU")
+    lead = "torch has CUDA but sees no GPU"
+    if f.driver_version is None:
+        return Check("gpu", "warning", f"{lead}: no NVIDIA driver found; everything runs on the CPU",
+                     "on a GPU machine install the NVIDIA driver (nvidia-smi should list the GPU; in Docker, run with "
+                     "--gpus all); on a CPU machine this is fine")
+    if f.cuda_visible_devices is not None and f.cuda_visible_devices.strip() in ("", "-1", "none", "NoDevFiles"):
+        return Check("gpu", "warning", f"{lead}: CUDA_VISIBLE_DEVICES={f.cuda_visible_devices!r} hides every GPU",
+                     "unset CUDA_VISIBLE_DEVICES (or list the GPUs to use, e.g. CUDA_VISIBLE_DEVICES=0)")
+    built = _cuda(f.torch_cuda)
+    if built and int(f.driver_version.split(".")[0]) < CUDA_MAJOR_MIN_DRIVER.get(built[0], 0):
+        return Check("gpu", "problem", f"{lead}: driver {f.driver_version} is too old for CUDA {f.torch_cuda} "
+                     "(the nvidia driver line has the fix)")
+    said = f" (torch says: {f.torch_cuda_warning})" if f.torch_cuda_warning else ""
+    return Check("gpu", "warning", f"{lead} although NVIDIA driver {f.driver_version} is here{said}",
+                 "run nvidia-smi: if it fails, reload or reinstall the driver (or reboot after a driver update); "
+                 f"check CUDA_VISIBLE_DEVICES ({f.cuda_visible_devices!r})")
 
 
 def precision_for(capability: tuple[int, int] | None) -> str:

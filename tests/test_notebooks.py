@@ -3,6 +3,8 @@ with the parameters cell swapped for the offline demo recipe shrunk to smoke siz
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -69,12 +71,77 @@ def test_notebook_shape(name):
     assert f'RECIPE = "{NOTEBOOKS[name]}"' in params[0].source
     assert "OVERRIDES = [" in params[0].source and "RUNS_DIR = " in params[0].source
     install = "\n".join(c.source for c in nb.cells if tagged(c, "install"))
-    assert 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --no-cache-dir llama-cpp-python==0.3.36' in install
+    build = 'CMAKE_ARGS="-DGGML_CUDA=on" pip wheel --no-deps --no-cache-dir --verbose llama-cpp-python==0.3.36'
+    assert build in install
+    # the CUDA build's honest time, where the user reads it (the cell, its output, the text above it)
+    intro = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "30-55 min on Colab's 2 vCPUs (estimated, not measured)" in install
+    assert "30–55 min on Colab's 2 vCPUs" in intro and "if available" in intro and "WHEELS" in intro
     assert 'pip install -e ".[gpu]"' in install and "git clone" in install
     # Nothing outside the install cells installs or clones: the test runs every other cell.
     for cell in nb.cells:
         if cell.cell_type == "code" and not tagged(cell, "install"):
             assert "pip install" not in cell.source and "git clone" not in cell.source
+
+
+FAKE_BUILD = """import pathlib, sys
+# what `pip wheel --verbose` prints while ninja builds llama.cpp: a C++ file, two CUDA files, the link
+print("  Running command Building wheel for llama-cpp-python (pyproject.toml)")
+print("  [1/4] /usr/bin/g++ -O3 -o ggml.cpp.o -c /tmp/src/vendor/llama.cpp/ggml/src/ggml.cpp")
+print("  [2/4] /usr/local/cuda/bin/nvcc -O3 -x cu -c /tmp/src/template-instances/mmq-instance-q4_k.cu -o mmq.o")
+print("  [3/4] /usr/local/cuda/bin/nvcc -O3 -x cu -c /tmp/src/ggml-cuda/ggml-cuda.cu -o ggml-cuda.cu.o")
+print("  [4/4] /usr/bin/g++ -shared -o libggml-cuda.so ggml-cuda.cu.o mmq-instance-q4_k.cu.o")
+if sys.argv[1] == "fail":
+    print("  nvcc fatal   : out of memory")
+    sys.exit(1)
+out = pathlib.Path(sys.argv[sys.argv.index("-w") + 1])
+out.mkdir(parents=True, exist_ok=True)
+(out / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl").write_bytes(b"")
+"""
+
+
+def _build_cell(name: str) -> str:
+    nb = nbformat.read(REPO / "colab" / f"{name}.ipynb", as_version=4)
+    return next(c.source for c in nb.cells if tagged(c, "install") and "GGML_CUDA" in c.source)
+
+
+def _run_build_cell(source: str, tmp_path: Path, outcome: str) -> str:
+    """The cell as written, with the build swapped for a script that prints what pip and ninja print."""
+    fake = tmp_path / "fake_build.py"
+    fake.write_text(FAKE_BUILD)
+    lines = source.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("WHEELS = "):
+            lines[i] = f"WHEELS = {str(tmp_path / 'wheels')!r}"
+        elif line.startswith("BUILD = "):
+            lines[i] = f"BUILD = {f'{sys.executable} {fake} {outcome}'!r}"
+        elif line.startswith("INSTALL = "):
+            lines[i] = "INSTALL = 'echo installing'"
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        try:
+            exec(compile("\n".join(lines), "build-cell", "exec"), {})
+        except RuntimeError as error:
+            print(f"RuntimeError: {error}")
+    return shown.getvalue()
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_the_cuda_build_cell_shows_its_time_and_a_line_per_cuda_file(name, tmp_path):
+    shown = _run_build_cell(_build_cell(name), tmp_path, "ok")
+    assert "~145 CUDA files, 30-55 min on Colab's 2 vCPUs (estimated, not measured)" in shown
+    progress = [line for line in shown.splitlines() if " CUDA file " in line]
+    assert [line.split("min  ")[1] for line in progress] == ["CUDA file 1 of ~145: mmq-instance-q4_k.cu",
+                                                             "CUDA file 2 of ~145: ggml-cuda.cu"]
+    assert "built in" in shown and (tmp_path / "wheels").is_dir()
+    # the next session finds the kept wheel and builds nothing
+    again = _run_build_cell(_build_cell(name), tmp_path, "ok")
+    assert "CUDA file" not in again and "Building" not in again
+
+
+def test_a_failed_cuda_build_shows_the_end_of_its_log(tmp_path):
+    shown = _run_build_cell(_build_cell("quickstart"), tmp_path, "fail")
+    assert "nvcc fatal   : out of memory" in shown and "RuntimeError: the CUDA build" in shown
 
 
 @pytest.mark.slow
@@ -85,7 +152,7 @@ def test_notebook_runs_the_demo_end_to_end(name, runs_dir, kernel_name):
     for cell in nb.cells:
         if tagged(cell, "parameters"):
             cell.source = f"RECIPE = {str(DEMO)!r}\nOVERRIDES = {smoke_overrides()!r}\nRUNS_DIR = {str(runs_dir)!r}\n"
-    NotebookClient(nb, kernel_name=kernel_name, timeout=300, resources={"metadata": {"path": str(REPO)}}).execute()
+    NotebookClient(nb, kernel_name=kernel_name, timeout=600, resources={"metadata": {"path": str(REPO)}}).execute()
 
     run_dir = runs_dir / "demo"
     for report in ("report.md", "report.html"):
