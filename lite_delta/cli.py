@@ -149,6 +149,8 @@ def train(
     student: Optional[str] = typer.Option(None, help="Hub id, model folder, or GGUF reference"),
     out: Optional[Path] = typer.Option(None, help="output folder: adapter/, train_log.jsonl, checkpoints/"),
     backend: Optional[str] = typer.Option(None, help="auto | unsloth | peft"),
+    quantization: Optional[str] = typer.Option(None, help="auto | nf4 | none: the frozen base (nf4: QLoRA, "
+                                               "on the CPU too; auto: nf4 on a GPU and with Unsloth)"),
     loss: Optional[str] = typer.Option(None, help="DPO loss (default sigmoid_norm)"),
     max_steps: Optional[int] = typer.Option(None, help="stop after N optimizer steps"),
     lr: Optional[float] = typer.Option(None, help="learning rate"),
@@ -165,8 +167,8 @@ def train(
     from lite_delta.config import TrainConfig, load_train_config
     from lite_delta.train.launch import process_rank, run_training
 
-    overrides = dict(pairs=pairs, student=student, out=out, backend=backend, loss=loss, max_steps=max_steps,
-                     learning_rate=lr, beta=beta, merge=merge, num_processes=num_processes,
+    overrides = dict(pairs=pairs, student=student, out=out, backend=backend, quantization=quantization, loss=loss,
+                     max_steps=max_steps, learning_rate=lr, beta=beta, merge=merge, num_processes=num_processes,
                      accelerate_config=accelerate_config)
     if config is not None:
         cfg = load_train_config(config, **overrides)
@@ -284,6 +286,9 @@ def bench_train(
     warmup: int = typer.Option(1, min=0, help="untimed steps first"),
     lora_r: int = typer.Option(16, "--lora-r", min=1, help="LoRA rank"),
     precompute_ref: bool = typer.Option(False, "--precompute-ref", help="reference log-probs once, up front"),
+    precision: str = typer.Option("auto", help="auto | bf16 | fp16 | fp32 (fp16 on a bf16 card: the T4 path)"),
+    quantization: str = typer.Option("auto", help="auto | nf4 | none: the frozen base (auto: nf4 on a GPU and "
+                                     "with Unsloth; nf4 runs on the CPU too)"),
     out: Optional[Path] = typer.Option(None, help="write the figures as JSON here (after every setting)"),
     timeout_s: Optional[float] = typer.Option(None, "--timeout-s", min=1, help="--backend both: seconds for both "
                                               "(split between the backends still to run)"),
@@ -293,9 +298,13 @@ def bench_train(
 
     if backend not in ("auto", "unsloth", "peft", "both"):
         raise LiteDeltaError(f"--backend must be auto, unsloth, peft or both, not {backend!r}")
+    for option, value, allowed in (("--precision", precision, ("auto", "bf16", "fp16", "fp32")),
+                                   ("--quantization", quantization, ("auto", "nf4", "none"))):
+        if value not in allowed:
+            raise LiteDeltaError(f"{option} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}")
     result = run_bench(student, max_lengths=list(max_length), batches=list(batch), backend=backend, steps=steps,
-                       warmup=warmup, lora_r=lora_r, precompute_ref_log_probs=precompute_ref, out=out,
-                       timeout_s=timeout_s)
+                       warmup=warmup, lora_r=lora_r, precompute_ref_log_probs=precompute_ref, precision=precision,
+                       quantization=quantization, out=out, timeout_s=timeout_s)
     for line in summary_lines(result):
         print(line)
 

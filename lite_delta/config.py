@@ -352,6 +352,10 @@ class TrainSettings(Strict):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 where the GPU has it, fp16 otherwise (T4), fp32 on the CPU"
     )
+    quantization: Literal["auto", "nf4", "none"] = Field(
+        "auto", description="the frozen base: nf4 = 4-bit NF4 with double quantization (QLoRA, bitsandbytes; on the "
+        "CPU too, through its CPU kernels), none = LoRA on a full-precision base; auto: nf4 on a CUDA GPU and with "
+        "Unsloth, none for PEFT on the CPU (faster there)")
     chat_template: str | None = Field(
         None, description="Jinja chat template (or a .jinja file) for a student whose tokenizer has none"
     )

@@ -198,11 +198,15 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
                                                            if recipe.contrast.sft else ""))
         facts["train_steps"] = steps
         if shapes is not None:
+            from lite_delta.train.backends import unsloth_available
             from lite_delta.train.plan import estimate
 
-            est = estimate(shapes, batch_size=tr.batch_size, max_length=tr.max_length, lora_r=tr.lora_r)
-            console.print(f"VRAM (planner, QLoRA DPO step on a GPU): ~{est.total_gib:.1f} GiB at batch "
-                          f"{tr.batch_size} x {tr.max_length} tokens, LoRA r {tr.lora_r} "
+            # auto on a GPU: Unsloth where it is installed (on this machine: the dry run's guess for that GPU)
+            backend = tr.backend if tr.backend != "auto" else "unsloth" if unsloth_available() else "peft"
+            est = estimate(shapes, batch_size=tr.batch_size, max_length=tr.max_length, lora_r=tr.lora_r,
+                           backend=backend)
+            console.print(f"VRAM (planner, QLoRA DPO step on a GPU, {backend} backend): ~{est.total_gib:.1f} GiB at "
+                          f"batch {tr.batch_size} x {tr.max_length} tokens, LoRA r {tr.lora_r} "
                           f"({shapes.params / 1e9:.2f} B parameters)")
             facts["vram_gib"] = round(est.total_gib, 2)
             if not cuda and steps:

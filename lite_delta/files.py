@@ -13,6 +13,12 @@ from pathlib import Path
 from lite_delta.errors import LiteDeltaError
 
 
+def lite_delta_cache() -> Path:
+    """lite-delta's own cache (derived teachers, Unsloth's generated code): $LITE_DELTA_CACHE, else
+    ~/.cache/lite-delta."""
+    return Path(os.environ.get("LITE_DELTA_CACHE") or Path.home() / ".cache" / "lite-delta")
+
+
 def writable_dir(path: str | Path, option: str, *, create: bool = True) -> Path:
     """``path`` as a folder this process can write, created (with its parents) unless ``create`` is
     false; otherwise one LiteDeltaError naming ``option`` and the path. Writing is tried, not

@@ -251,24 +251,26 @@ def run_pair(recipe: Recipe, run_dir: Path) -> list[Path]:
 
 
 def run_train(recipe: Recipe, run_dir: Path) -> list[Path]:
-    from lite_delta.train.launch import run_training
+    """DPO in a child process (train/launch.py: GPU memory returned, Unsloth's patches kept out of this one)."""
+    from lite_delta.train.launch import train_in_child
     from lite_delta.train.stage import last_checkpoint
 
     out = run_dir / "train"
     cfg = TrainConfig(**recipe.train.model_dump(), student=recipe.student, pairs=run_dir / "pairs", out=out)
     console.print(f"[bold]train[/bold] {recipe.student} on {run_dir / 'pairs'}")
-    run_training(cfg, resume=last_checkpoint(out / "checkpoints") is not None)  # train.num_processes > 1: launched
+    train_in_child("dpo", cfg, resume=last_checkpoint(out / "checkpoints") is not None)
     return [out / "adapter" / "adapter_model.safetensors", out / "train.json", out / "train_log.jsonl"]
 
 
 def run_sft(recipe: Recipe, run_dir: Path) -> list[Path]:
-    """The contrast: SFT on the chosen answers with the DPO run's settings (sft/)."""
-    from lite_delta.train.sft import SUMMARY, train_sft
+    """The contrast: SFT on the chosen answers with the DPO run's settings (sft/), in a child process as DPO."""
+    from lite_delta.train.launch import train_in_child
+    from lite_delta.train.sft import SUMMARY
 
     out = run_dir / "sft"
     cfg = TrainConfig(**recipe.train.model_dump(), student=recipe.student, pairs=run_dir / "pairs", out=out)
     console.print(f"[bold]sft[/bold] contrast: {recipe.student} on the chosen answers of {run_dir / 'pairs'}")
-    train_sft(cfg, student_cache=run_dir / "train" / "student")
+    train_in_child("sft", cfg, student_cache=run_dir / "train" / "student")
     return [out / "adapter" / "adapter_model.safetensors", out / SUMMARY]
 
 

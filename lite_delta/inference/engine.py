@@ -154,9 +154,13 @@ class GGUFModel:
         try:
             self.model = _internals.LlamaModel(path_model=str(self.path), params=params, verbose=verbose)
         except ValueError:
+            # On a GPU the likeliest cause is memory (another process, e.g. PyTorch's cache, holding it), not the file
+            gpu = (f", or its {'layers' if n_gpu_layers >= ALL_LAYERS else f'{n_gpu_layers} layers'} did not fit in "
+                   "the GPU memory left free (another process may hold it: check nvidia-smi; fewer layers with "
+                   "generation.n_gpu_layers)") if n_gpu_layers else ""
             raise LiteDeltaError(
                 f"llama.cpp could not load {self.path}: the file is corrupt, incomplete, or of an "
-                "architecture this llama-cpp-python build does not support"
+                f"architecture this llama-cpp-python build does not support{gpu}"
             ) from None
         self.metadata = self.model.metadata()
         self.chat_template = chat_template or self.metadata.get("tokenizer.chat_template")

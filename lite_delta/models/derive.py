@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import write_json
+from lite_delta.files import lite_delta_cache, write_json
 from lite_delta.models.merge_gguf import QUANTS, check_quant, quantize_gguf
 from lite_delta.models.refs import model_identity, resolve_model
 
@@ -33,7 +33,7 @@ LOSSY_NOTE = ("the source is already quantized: requantizing adds a second round
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("LITE_DELTA_CACHE") or Path.home() / ".cache" / "lite-delta") / "derived"
+    return lite_delta_cache() / "derived"
 
 
 def check_derive(quant: str, field: str = "teachers.rejected.derive") -> str:

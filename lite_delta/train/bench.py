@@ -3,9 +3,12 @@ planner's estimate for the same settings.
 
 Every synthetic pair is exactly `max_length` tokens per side (prompt + answer + EOS), so the step is the
 worst case the settings allow. The student loads once per backend (as the train stage loads it: Unsloth
-4-bit, or PEFT with NF4 on a GPU and full precision on the CPU); each (max_length, batch) setting then runs
-`warmup` untimed and `steps` timed optimizer steps in a fresh DPOTrainer, smallest setting first so the
-allocator's reserve reflects the setting measured. `--backend both` runs each backend in its own process
+4-bit, or PEFT with NF4 on a GPU and full precision on the CPU, or as `quantization` says); each
+(max_length, batch) setting then runs `warmup` untimed and `steps` timed optimizer steps in a fresh
+DPOTrainer with a fresh adapter, smallest setting first so the allocator's reserve reflects the setting
+measured. Between settings the model goes back to what the loader gave: TRL wraps a plain model in a new
+LoRA adapter (PEFT backend: unloaded again afterwards) and adds a frozen "ref" copy to an adapter that is
+already there (Unsloth's PeftModel: deleted again afterwards), so every setting trains as the train stage does. `--backend both` runs each backend in its own process
 (Unsloth patches trl and transformers as it is imported). Results are written after every setting, so a
 run cut short keeps what it finished.
 """
@@ -87,12 +90,13 @@ class _StepTimer:
             torch.cuda.synchronize()
 
 
-def _planner(student: str, batch: int, max_length: int, lora_r: int) -> dict:
+def _planner(student: str, batch: int, max_length: int, lora_r: int, backend: str) -> dict:
     from lite_delta.train.plan import estimate, load_shapes
 
-    est = estimate(load_shapes(student, local_only=True), batch_size=batch, max_length=max_length, lora_r=lora_r)
-    parts = {k: round(getattr(est, k), 3) for k in ("weights_gib", "adapter_gib", "activations_gib", "logits_gib",
-                                                     "context_gib")}
+    est = estimate(load_shapes(student, local_only=True), batch_size=batch, max_length=max_length, lora_r=lora_r,
+                   backend=backend)
+    parts = {k: round(getattr(est, k), 3) for k in ("weights_gib", "adapter_gib", "activations_gib",
+                                                     "checkpoints_gib", "logits_gib", "context_gib", "host_gib")}
     return {"total_gib": round(est.total_gib, 3), **parts}
 
 
@@ -110,33 +114,37 @@ def bench_train(
     warmup: int = 1,
     lora_r: int = 16,
     precompute_ref_log_probs: bool = False,
+    precision: str = "auto",
+    quantization: str = "auto",
     out: Path | None = None,
     timeout_s: float | None = None,
 ) -> dict:
-    """Measure every (max_length, batch) setting on one backend, or on both (`backend="both"`)."""
+    """Measure every (max_length, batch) setting on one backend, or on both (`backend="both"`).
+    `precision` and `quantization` as the recipe's train fields (fp16 on a bf16 card: the T4 path, forced)."""
+    common = dict(max_lengths=max_lengths, batches=batches, steps=steps, warmup=warmup, lora_r=lora_r,
+                  precompute_ref_log_probs=precompute_ref_log_probs, precision=precision, quantization=quantization,
+                  out=out)
     if backend == "both":
-        return _bench_both(student, max_lengths=max_lengths, batches=batches, steps=steps, warmup=warmup,
-                           lora_r=lora_r, precompute_ref_log_probs=precompute_ref_log_probs, out=out,
-                           timeout_s=timeout_s)
-    return _bench_backend(student, max_lengths=max_lengths, batches=batches, requested=backend, steps=steps,
-                          warmup=warmup, lora_r=lora_r, precompute_ref_log_probs=precompute_ref_log_probs, out=out)
+        return _bench_both(student, timeout_s=timeout_s, **common)
+    return _bench_backend(student, requested=backend, **common)
 
 
 def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, lora_r, precompute_ref_log_probs,
-                   out) -> dict:
+                   precision, quantization, out) -> dict:
     import torch
 
     from lite_delta.environment import environment
-    from lite_delta.precision import device_capability, resolve_precision
-    from lite_delta.train.backends import import_unsloth, resolve_backend
     from lite_delta.models.student import prepare_student
+    from lite_delta.precision import device_capability, resolve_precision
+    from lite_delta.train.backends import import_unsloth, resolve_backend, resolve_quantization
 
     cuda = torch.cuda.is_available()
     backend = resolve_backend(requested, cuda)
     if backend == "unsloth":
         import_unsloth()  # before anything imports trl, peft or transformers
     capability, device = device_capability()
-    precision = resolve_precision("auto", capability, device)
+    precision = resolve_precision(precision, capability, device)
+    quantization = resolve_quantization(quantization, backend, cuda)
     work = Path(tempfile.mkdtemp(prefix="lite-delta-bench-train-"))
     student_path = prepare_student(student, work / "student")
     result = {
@@ -145,7 +153,7 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
         "backend": backend,
         "device": device,
         "precision": precision,
-        "quantization": "4-bit" if backend == "unsloth" or cuda else "none (CPU: full precision)",
+        "quantization": quantization,
         "steps": steps,
         "warmup_steps": warmup,
         "lora_r": lora_r,
@@ -160,7 +168,8 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
     from trl import DPOConfig, DPOTrainer
 
     from lite_delta.config import TrainConfig
-    from lite_delta.train.backends import load_student
+    from lite_delta.train.backends import fp32_trainable_weights, load_student
+    from lite_delta.train.stage import mixed_precision
 
     cfg = TrainConfig(student=student_path, pairs=work / "pairs.jsonl", out=work, backend=backend,
                       max_length=max(max_lengths), lora_r=lora_r, lora_alpha=2 * lora_r)
@@ -168,13 +177,15 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
     tokenizer = AutoTokenizer.from_pretrained(student_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model, tokenizer, lora, precision = load_student(backend, student_path, cfg, precision, cuda, tokenizer)
-    result["precision"] = precision  # Unsloth's CPU mode picks its own dtype
+    autocast = mixed_precision(precision)  # the device's (Unsloth's CPU mode reports its own dtype below)
+    model, tokenizer, lora, precision = load_student(backend, student_path, cfg, precision, cuda, tokenizer,
+                                                     quantization=quantization)
+    result["precision"] = precision
     result["load_seconds"] = round(time.perf_counter() - started, 2)
 
     for max_length, batch in bench_settings(max_lengths, batches):
         run = {"backend": backend, "max_length": max_length, "batch": batch,
-               "planner": _planner(student_path, batch, max_length, lora_r)}
+               "planner": _planner(student_path, batch, max_length, lora_r, backend)}
         trainer = None
         try:
             rows = synthetic_pairs(tokenizer, max_length, batch * (warmup + steps))
@@ -185,7 +196,7 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
                 precompute_ref_log_probs=precompute_ref_log_probs,
                 gradient_checkpointing=cuda and backend == "peft",  # Unsloth sets its own (as the train stage)
                 logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=not cuda,
-                adam_beta2=0.95, bf16=cuda and precision == "bf16", fp16=cuda and precision == "fp16", seed=0,
+                adam_beta2=0.95, seed=0, **autocast,
             )
             timer = _StepTimer()
             if cuda:
@@ -195,6 +206,9 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
             trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                  processing_class=tokenizer, peft_config=lora, callbacks=[timer.callback])
             trainer.remove_callback(PrinterCallback)
+            fp32_trainable_weights(trainer)  # as the train stage: fp32 master weights for a 4-bit base
+            run["trainable_dtype"] = sorted({str(p.dtype).removeprefix("torch.") for p in trainer.model.parameters()
+                                             if p.requires_grad})
             lengths = {len(r["prompt_ids"]) + len(r[k]) for r in trainer.train_dataset for k in ("chosen_ids",
                                                                                                  "rejected_ids")}
             if lengths != {max_length}:
@@ -223,8 +237,7 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
             run["error"] = "CUDA out of memory"
         finally:
             if trainer is not None:
-                model = trainer.model  # keep the LoRA-wrapped model: the next setting reuses it
-                lora = None
+                model = _as_loaded(trainer.model, lora)
             del trainer
             gc.collect()
             if cuda:
@@ -235,14 +248,24 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
     return result
 
 
+def _as_loaded(model, lora):
+    """The model as the loader gave it, for the next setting's trainer: without the adapter TRL wrapped it in
+    (`lora` given: PEFT), or without the frozen "ref" adapter TRL added beside the loader's own (Unsloth)."""
+    if lora is not None and hasattr(model, "unload"):
+        return model.unload()
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
+    return model
+
+
 def _write(out: Path, result: dict) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
 
 
-def _bench_both(student, *, max_lengths, batches, steps, warmup, lora_r, precompute_ref_log_probs, out,
-                timeout_s) -> dict:
+def _bench_both(student, *, max_lengths, batches, steps, warmup, lora_r, precompute_ref_log_probs, precision,
+                quantization, out, timeout_s) -> dict:
     """Each backend in its own process; one file per backend beside `out`, merged into `out`."""
     folder = Path(out).parent if out is not None else Path(tempfile.mkdtemp(prefix="lite-delta-bench-train-"))
     stem = Path(out).stem if out is not None else "bench-train"
@@ -253,7 +276,7 @@ def _bench_both(student, *, max_lengths, batches, steps, warmup, lora_r, precomp
         part = folder / f"{stem}-{backend}.json"
         command = [sys.executable, "-m", "lite_delta.cli", "bench", "train", "--student", student,
                    "--backend", backend, "--steps", str(steps), "--warmup", str(warmup), "--lora-r", str(lora_r),
-                   "--out", str(part)]
+                   "--precision", precision, "--quantization", quantization, "--out", str(part)]
         command += [x for n in max_lengths for x in ("--max-length", str(n))]
         command += [x for b in batches for x in ("--batch", str(b))]
         if precompute_ref_log_probs:

@@ -1,4 +1,4 @@
-"""The train stage across processes: `accelerate launch` starts and coordinates them, each runs `stage.train`.
+"""Where training runs: in this process, in one child process, or across processes `accelerate launch` starts.
 
 `run_training(cfg)` trains in this process when one process is asked for, or when this process is
 already one of those accelerate started (`accelerate launch -m lite_delta train ...`). Otherwise it
@@ -6,19 +6,31 @@ checks what fails in seconds (backend, output folder, old checkpoints, pairs) on
 `python -m accelerate.commands.launch --config_file FILE [--num_processes N] -m lite_delta.train.launch
 CONFIG.json` and waits for it. FILE is a shipped config (lite_delta/recipes/accelerate/: ddp, zero3,
 fsdp-qlora) or the user's own; without CUDA the processes train on the CPU, joined by gloo.
+
+`train_in_child(kind, cfg)` is how `lite-delta run` trains (DPO and the SFT contrast): in a child process
+(`python -m lite_delta.train.launch CONFIG.json --kind dpo|sft`), so that the GPU memory PyTorch caches is
+returned when it exits, before llama.cpp allocates its own for export and evaluation, and so that Unsloth's
+process-wide patches of transformers (it replaces the Llama and Qwen2 forward functions) never reach the
+process that evaluates base and tuned: both are scored through the same, unpatched code, whether the
+evaluation follows training or resumes later. The child's error comes back as one line (exit 2); an
+unexpected exception's traceback goes to ERROR_LOG in the stage's folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 
@@ -29,6 +41,8 @@ log = logging.getLogger(__name__)
 console = Console(stderr=True)
 
 SHIPPED_CONFIGS = ("ddp", "zero3", "fsdp-qlora")
+ERROR_LOG = "error.log"  # a child's unexpected traceback, in the stage's output folder
+INTERRUPT_GRACE_S = 30  # Ctrl-C reaches the child too: time it gets to stop by itself before it is killed
 
 
 def launched() -> bool:
@@ -114,24 +128,111 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
     return launch(cfg, resume=resume, progress=progress)
 
 
+def _die_with_parent() -> None:
+    """In the child, before it runs: killed when the process that started it dies (Linux), so a parent
+    killed mid-training never leaves an orphan holding the GPU."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def child_command(kind: str, config: Path, error_file: Path, *, resume: bool, progress: bool,
+                  student_cache: Path | None) -> list[str]:
+    cmd = [sys.executable, "-m", "lite_delta.train.launch", str(config), "--kind", kind, "--error-file", str(error_file)]
+    cmd += ["--resume"] if resume else []
+    cmd += [] if progress else ["--no-progress"]
+    return cmd + (["--student-cache", str(student_cache)] if student_cache else [])
+
+
+def train_in_child(kind: Literal["dpo", "sft"], cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
+                   student_cache: Path | None = None) -> Path:
+    """Train (`dpo`: the train stage, through accelerate where it asks for several processes; `sft`: the
+    contrast) in a child process and wait; returns cfg.out. Its failure is raised here as one LiteDeltaError."""
+    if kind == "dpo" and (cfg.num_processes > 1 or cfg.accelerate_config is not None):
+        return launch(cfg, resume=resume, progress=progress)  # accelerate's processes are children already
+    with tempfile.TemporaryDirectory(prefix="lite-delta-train-") as tmp:
+        config, error_file = Path(tmp) / "train_config.json", Path(tmp) / "error.txt"
+        config.write_text(cfg.model_dump_json(), encoding="utf-8")
+        cmd = child_command(kind, config, error_file, resume=resume, progress=progress, student_cache=student_cache)
+        log.info("training in a child process: %s", shlex.join(cmd))
+        child = subprocess.Popen(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        try:
+            returncode = child.wait()
+        except KeyboardInterrupt:  # the child got the same Ctrl-C: let it stop, then make sure it is gone
+            try:
+                child.wait(timeout=INTERRUPT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            raise
+        message = error_file.read_text(encoding="utf-8").strip() if error_file.is_file() else ""
+    if returncode == 0:
+        return cfg.out
+    what = "training" if kind == "dpo" else "SFT training"
+    if message:
+        raise LiteDeltaError(message)
+    if returncode < 0:
+        cause = " (the system's out-of-memory killer sends SIGKILL)" if -returncode == signal.SIGKILL else ""
+        raise LiteDeltaError(f"the {what} process was killed by signal {-returncode}{cause}; rerun to continue "
+                             "from the last checkpoint")
+    raise LiteDeltaError(f"the {what} process exited with code {returncode} without saying why; its output is above")
+
+
+def _run_child(kind: str, cfg: TrainConfig, *, resume: bool, progress: bool, student_cache: Path | None) -> None:
+    if kind == "sft":
+        from lite_delta.train.sft import train_sft
+
+        train_sft(cfg, progress=progress, student_cache=student_cache)
+    else:
+        run_training(cfg, resume=resume, progress=progress)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m lite_delta.train.launch CONFIG.json [--resume]`: one of the processes accelerate started."""
+    """`python -m lite_delta.train.launch CONFIG.json [--resume]`: one of the processes accelerate started, or
+    (with --error-file) the child process `train_in_child` started."""
     parser = argparse.ArgumentParser(prog="python -m lite_delta.train.launch")
     parser.add_argument("config", type=Path, help="a TrainConfig as JSON (written by `launch`)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--kind", choices=("dpo", "sft"), default="dpo")
+    parser.add_argument("--error-file", type=Path, help="write a failure here as one line (the parent raises it)")
+    parser.add_argument("--student-cache", type=Path, help="where a GGUF student is converted (sft)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from lite_delta.train.stage import train
-
     cfg = TrainConfig.model_validate_json(args.config.read_text(encoding="utf-8"))
+    if args.error_file is None:  # one of accelerate's processes
+        from lite_delta.train.stage import train
+
+        try:
+            train(cfg, resume=args.resume, progress=args.progress)
+        except LiteDeltaError as exc:
+            world = os.environ.get("WORLD_SIZE", "1")
+            console.print(f"[red]error[/red] (process {process_rank()} of {world}): {exc}", highlight=False,
+                          soft_wrap=True)
+            sys.exit(exc.exit_code)
+        return
     try:
-        train(cfg, resume=args.resume, progress=args.progress)
+        _run_child(args.kind, cfg, resume=args.resume, progress=args.progress, student_cache=args.student_cache)
     except LiteDeltaError as exc:
-        world = os.environ.get("WORLD_SIZE", "1")
-        console.print(f"[red]error[/red] (process {process_rank()} of {world}): {exc}", highlight=False,
-                      soft_wrap=True)
+        args.error_file.write_text(str(exc), encoding="utf-8")
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # the parent got the same Ctrl-C and says it; checkpoints stay for a rerun
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug or a library failure: one line up there, the traceback here
+        trace = cfg.out / ERROR_LOG
+        try:
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            trace.write_text(traceback.format_exc(), encoding="utf-8")
+            where = f"; traceback in {trace}"
+        except OSError:
+            where = ""
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        args.error_file.write_text(f"{'SFT training' if args.kind == 'sft' else 'training'} failed: "
+                                   f"{type(exc).__name__}: {first}{where}", encoding="utf-8")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,16 @@ from lite_delta.errors import LiteDeltaError
 from lite_delta.files import writable_dir, write_json
 from lite_delta.models.student import prepare_student
 from lite_delta.precision import device_capability, resolve_precision
-from lite_delta.train.backends import import_unsloth, load_student, resolve_backend
+from lite_delta.train.backends import (
+    fp32_trainable_weights,
+    import_unsloth,
+    load_student,
+    resolve_backend,
+    resolve_quantization,
+)
 from lite_delta.train.pairs_io import drop_degenerate, load_pairs, pairs_source
 from lite_delta.train.sequences import check_sequences, end_token_ids, fit_prompts, template_for
-from lite_delta.train.stage import run_summary
+from lite_delta.train.stage import mixed_precision, run_summary
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,7 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
     rows, degenerate = drop_degenerate(load_pairs(cfg.pairs), pairs_source(cfg.pairs))  # DPO's filters, same rows
     capability, device = device_capability()
     precision = resolve_precision(cfg.precision, capability, device)
+    quantization = resolve_quantization(cfg.quantization, backend, cuda)
     out.mkdir(parents=True, exist_ok=True)
     student = prepare_student(cfg.student, student_cache or out / "student")
 
@@ -72,7 +79,9 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
     if not rows:
         raise LiteDeltaError(f"no prompt in {cfg.pairs} fits in {budget} tokens: raise max_prompt_length")
 
-    model, tokenizer, lora, precision = load_student(backend, student, cfg, precision, cuda, tokenizer, template)
+    autocast = mixed_precision(precision)  # the device's precision (Unsloth's CPU mode reports its own dtype below)
+    model, tokenizer, lora, precision = load_student(backend, student, cfg, precision, cuda, tokenizer, template,
+                                                     quantization=quantization)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -94,8 +103,7 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
         disable_tqdm=True,
         use_cpu=not cuda,
         adam_beta2=0.95,
-        bf16=cuda and precision == "bf16",
-        fp16=cuda and precision == "fp16",
+        **autocast,
     )
     step_log = StepLog(out / STEP_LOG, loss_type="sft")
     bar = ProgressBar(step_log, console, label="sft") if progress else None
@@ -103,6 +111,7 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(rows)),
                          processing_class=tokenizer, peft_config=lora, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
+    fp32_trainable_weights(trainer)  # undo TRL's bf16 cast of a QLoRA adapter (fp16 cards fail)
     started = time.perf_counter()
     try:
         trainer.train()
@@ -117,7 +126,7 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
         "what": "SFT on the chosen answers (the contrast to DPO)",
         **run_summary(cfg, student=student, backend=backend, device=device, precision=precision, template=template,
                       template_source=template_source, rows=rows, truncated=truncated, dropped=dropped, budget=budget,
-                      degenerate=degenerate),
+                      degenerate=degenerate, quantization=quantization, model=trainer.model),
         "steps": trainer.state.global_step,
         "passes_over_chosen": round(trainer.state.global_step * cfg.batch_size * cfg.grad_accum / len(rows), 2),
         "chosen_tokens_per_pass": _answer_tokens(tokenizer, rows),

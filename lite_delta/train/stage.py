@@ -21,7 +21,14 @@ from lite_delta.config import TrainConfig
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import writable_dir, write_json, write_text
 from lite_delta.precision import device_capability, resolve_precision
-from lite_delta.train.backends import import_unsloth, load_student, resolve_backend, sharded_weights
+from lite_delta.train.backends import (
+    fp32_trainable_weights,
+    import_unsloth,
+    load_student,
+    resolve_backend,
+    resolve_quantization,
+    sharded_weights,
+)
 from lite_delta.train.pairs_io import describe_degenerate, drop_degenerate, load_pairs, pairs_source, pairs_stats
 from lite_delta.train.sequences import (
     check_sequences,
@@ -61,6 +68,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     rows, degenerate = drop_degenerate(load_pairs(cfg.pairs), pairs_source(cfg.pairs))  # before any weights load
     capability, device = device_capability()
     precision = resolve_precision(cfg.precision, capability, device)
+    quantization = resolve_quantization(cfg.quantization, backend, cuda)
     # Before any weights load: it joins this process to those `accelerate launch` started (rank, device,
     # gloo on the CPU), and under DeepSpeed ZeRO-3 lets from_pretrained shard the weights as they load.
     if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -110,10 +118,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if backend == "unsloth" and cuda and sharded_weights():
         raise LiteDeltaError("FSDP and DeepSpeed ZeRO-3 shard the weights, which Unsloth's 4-bit loader does not: "
                              "pass --backend peft (Unsloth's multi-GPU mode is DDP: --num-processes N alone)")
+    sharded = cuda and sharded_weights()
     model, tokenizer, lora, precision = load_student(
-        backend, student, cfg, precision, cuda, tokenizer, template,
-        device_index=args.local_process_index if cuda and distributed else None,
-        sharded=cuda and sharded_weights())
+        backend, student, cfg, precision, cuda, tokenizer, template, quantization=quantization,
+        device_index=args.local_process_index if cuda and distributed else None, sharded=sharded)
     step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss, main=main)
     bar = ProgressBar(step_log, console) if progress else None
     callbacks = [step_log] + ([bar] if bar else [])
@@ -121,6 +129,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # the step log and the progress bar say it once, readably
+    fp32_trainable_weights(trainer, sharded=sharded)  # undo TRL's bf16 cast of a QLoRA adapter (fp16 cards fail)
     resume_from = last_checkpoint(checkpoints) if resume else None
     if resume and resume_from is None and main:
         log.warning("no checkpoint in %s: starting from the beginning", checkpoints)
@@ -128,7 +137,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except torch.OutOfMemoryError:
-        raise LiteDeltaError(oom_message(cfg, student, trainer.state.global_step)) from None
+        raise LiteDeltaError(oom_message(cfg, student, trainer.state.global_step, backend)) from None
     finally:
         if bar is not None:
             bar.close()  # a failed or interrupted run leaves no bar drawing, nor a timer printing
@@ -144,7 +153,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     summary = {
         **run_summary(cfg, student=student, backend=backend, device=device, precision=precision, template=template,
                       template_source=template_source, rows=rows, truncated=truncated, dropped=dropped, budget=budget,
-                      degenerate=degenerate),
+                      degenerate=degenerate, quantization=quantization, model=trainer.model),
         "steps": trainer.state.global_step,
         "processes": args.world_size,
         "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size,
@@ -191,21 +200,28 @@ def dpo_args(cfg: TrainConfig, checkpoints: Path, *, cuda: bool, backend: str, p
         disable_tqdm=True,
         use_cpu=not cuda,
         adam_beta2=0.95,  # the paper's AdamW betas (0.9, 0.95)
-        bf16=cuda and precision == "bf16",
-        fp16=cuda and precision == "fp16",
+        **mixed_precision(precision),
     )
+
+
+def mixed_precision(precision: str) -> dict:
+    """The trainer's autocast flags for the run's precision (resolve_precision decides what a device may use)."""
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
 def run_summary(cfg: TrainConfig, *, student: str, backend: str, device: str, precision: str, template: str,
                 template_source: str, rows: list[dict], truncated: int, dropped: int, budget: int,
-                degenerate: dict) -> dict:
+                degenerate: dict, quantization: str, model) -> dict:
     """What every training run of the student records (DPO's train.json, the SFT contrast's sft.json)."""
+    trainable = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
     return {
         "student": cfg.student,
         "student_path": student,
         "backend": backend,
         "device": device,
         "precision": precision,
+        "quantization": quantization,
+        "trainable_dtype": ",".join(sorted(trainable)),
         "chat_template": {"source": template_source, "sha256": template_sha(template)},
         "config": cfg.model_dump(mode="json"),
         "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,
@@ -213,7 +229,7 @@ def run_summary(cfg: TrainConfig, *, student: str, backend: str, device: str, pr
     }
 
 
-def oom_message(cfg: TrainConfig, student: str, step: int) -> str:
+def oom_message(cfg: TrainConfig, student: str, step: int, backend: str = "peft") -> str:
     """What to lower, in order, with the planner's figure for these settings and the card's size."""
     import torch
 
@@ -223,7 +239,7 @@ def oom_message(cfg: TrainConfig, student: str, step: int) -> str:
     card = f" of the card's {total:.1f} GiB" if total else ""
     try:
         need = estimate(load_shapes(student), batch_size=cfg.batch_size, max_length=cfg.max_length,
-                        lora_r=cfg.lora_r).total_gib
+                        lora_r=cfg.lora_r, backend=backend).total_gib
         planned = f"; the planner estimates {need:.1f} GiB{card} for these settings"
     except LiteDeltaError:
         planned = ""
@@ -278,6 +294,7 @@ def _write_run_card(adapter: Path, summary: dict) -> None:
         f"{summary['pairs']['truncated_prompts']}; dropped: {summary['pairs']['dropped_prompts']}) |",
         f"| degenerate pairs dropped | {describe_degenerate(summary['pairs']['degenerate_dropped'])} |",
         f"| backend, device, precision | {summary['backend']}, {summary['device']}, {summary['precision']} |",
+        f"| base weights, trainable weights | {summary['quantization']}, {summary['trainable_dtype']} |",
         f"| chat template | from the {summary['chat_template']['source']}, sha256 {summary['chat_template']['sha256']} |",
         f"| steps | {summary['steps']} |",
         f"| processes, global batch | {summary['processes']}, {summary['global_batch']} |",

@@ -62,15 +62,33 @@ def test_bench_train_rejects_an_unknown_backend(student, capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="Unsloth is not installed")
-def test_bench_train_both_backends_each_in_its_own_process(tmp_path, student):
+def test_bench_train_a_2x2_grid_on_both_backends_reports_every_row(tmp_path, student):
+    """Several settings in one process per backend: TRL wraps the model again for each (a fresh adapter for PEFT,
+    a frozen "ref" copy beside Unsloth's), which failed from the second or third setting on."""
     out = tmp_path / "train.json"
-    main(["bench", "train", "--student", student, "--max-length", "32", "--backend", "both", "--steps", "1",
-          "--warmup", "0", "--out", str(out)])
+    main(["bench", "train", "--student", student, "--max-length", "32", "--max-length", "48", "--batch", "1",
+          "--batch", "2", "--backend", "both", "--steps", "1", "--warmup", "0", "--out", str(out)])
     result = json.loads(out.read_text())
     assert set(result["backends"]) == {"unsloth", "peft"}
     assert not any(info.get("error") for info in result["backends"].values())
-    assert [r["backend"] for r in result["runs"]] == ["unsloth", "peft"]
+    settings = [(32, 1), (48, 1), (32, 2), (48, 2)]
+    assert [(r["backend"], r["max_length"], r["batch"]) for r in result["runs"]] == \
+        [(b, n, k) for b in ("unsloth", "peft") for n, k in settings]
+    assert not any("error" in r for r in result["runs"])
+    assert all(r["tokens_per_step"] == 2 * r["max_length"] * r["batch"] and r["tokens_per_s"] > 0
+               for r in result["runs"])
     for backend in ("unsloth", "peft"):
         part = json.loads((tmp_path / f"train-{backend}.json").read_text())
-        assert part["backend"] == backend and part["runs"][0]["tokens_per_step"] == 64
-    assert result["backends"]["unsloth"]["quantization"] == "4-bit"
+        assert part["backend"] == backend and len(part["runs"]) == 4
+    assert result["backends"]["unsloth"]["quantization"] == "nf4"  # Unsloth loads 4-bit, its CPU fallback too
+    assert result["backends"]["peft"]["quantization"] == "none"  # PEFT on the CPU: full precision unless asked
+
+
+def test_bench_train_peft_on_a_4bit_base_over_several_settings(tmp_path, student):
+    out = tmp_path / "train.json"
+    main(["bench", "train", "--student", student, "--max-length", "32", "--max-length", "48", "--batch", "1",
+          "--batch", "2", "--backend", "peft", "--quantization", "nf4", "--steps", "1", "--warmup", "0",
+          "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["quantization"] == "nf4" and len(result["runs"]) == 4
+    assert all(r["trainable_dtype"] == ["float32"] and r["tokens_per_s"] > 0 for r in result["runs"])

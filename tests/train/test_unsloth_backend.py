@@ -66,3 +66,34 @@ def test_unsloth_adapter_loads_with_plain_peft(run):
         with model.disable_adapter():
             base = model(ids).logits
     assert (tuned - base).abs().max() > 1e-4
+
+
+
+EXACT_NAME_PROBE = """
+import json, sys
+import unsloth
+from unsloth.models.loader_utils import get_model_name
+from lite_delta.config import TrainConfig
+from lite_delta.train import backends
+
+seen = {}
+def record(*args, **kwargs):
+    seen.update(kwargs, name=args[0] if args else kwargs.get("model_name"))
+    raise SystemExit(json.dumps({"mapped": get_model_name(sys.argv[1], load_in_4bit=True), "call": {
+        k: v for k, v in seen.items() if isinstance(v, (str, bool, int, type(None)))}}))
+unsloth.FastLanguageModel.from_pretrained = record
+backends.load_unsloth(sys.argv[1], TrainConfig(student=sys.argv[1], pairs="p.jsonl", out="o"), "bf16")
+"""
+
+
+def test_unsloth_is_asked_for_the_exact_hub_student_not_its_own_prequantized_copy(tmp_path):
+    """Unsloth's GPU loader resolves a Hub id through its mapper (the real function, pinned version) to its own
+    pre-quantized repository, some layers kept in 16 bit; only use_exact_model_name=True skips that. Its CPU
+    fallback never maps names, so a CPU cannot load the swapped model: the probe records the loader call."""
+    repo = "Qwen/Qwen2.5-3B-Instruct"
+    env = {**os.environ, "UNSLOTH_DISABLE_CPU_FALLBACK": "0", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", EXACT_NAME_PROBE, repo], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tmp_path)  # where a bare `import unsloth` writes its generated code
+    result = json.loads(done.stderr.strip().splitlines()[-1])
+    assert result["mapped"].lower().startswith("unsloth/qwen2.5-3b-instruct"), "the mapper swaps the repository"
+    assert result["call"]["name"] == repo and result["call"]["use_exact_model_name"] is True
