@@ -73,7 +73,7 @@ def test_run_sh_dry_run_writes_every_result_file(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "LITE_DELTA_GPU_DRY_RUN": "1", "OUT": str(out), "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(GPU / "run.sh"), "measure"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=1200)
+                          text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert not (out / "errors.jsonl").exists(), (out / "errors.jsonl").read_text()
     returned = [p for p in out.iterdir() if p.is_file()]
@@ -88,14 +88,20 @@ def test_run_sh_dry_run_writes_every_result_file(tmp_path):
     for r in rows:
         assert r["dry_run"] is True and r["batched_tok_s"] > 0 and r["sequential_tok_s"] > 0
         assert r["completion_tokens"] == max(r["slots"], 4) * 8 and r["quant"] == "Q4_K_M"
+    assert [r["slots"] for r in rows if r.get("device_over_host")] == [4, 4], "device sampling beside the host's"
 
-    train = json.loads((out / "train.json").read_text())
-    assert train["dry_run"] is True and train["student_shape"] == "tiny"
     expected = {"peft"} | ({"unsloth"} if importlib.util.find_spec("unsloth") else set())
-    assert {r["backend"] for r in train["runs"] if "tokens_per_s" in r} == expected
-    for r in train["runs"]:
-        if "tokens_per_s" in r:
-            assert r["tokens_per_step"] == 128 and r["planner"]["total_gib"] > 0
+    for name, tokens in (("train", 128), ("train-fp16", 128)):
+        train = json.loads((out / f"{name}.json").read_text())
+        assert train["dry_run"] is True and train["student_shape"] == "tiny" and train["returncode"] == 0
+        assert {r["backend"] for r in train["runs"] if "tokens_per_s" in r} == expected
+        for r in train["runs"]:
+            assert r["tokens_per_step"] == tokens and r["planner"]["total_gib"] > 0
+    assert "--quantization" in json.loads((out / "train-fp16.json").read_text())["command"]
+
+    suite = json.loads((out / "suite.json").read_text())
+    assert suite["returncode"] == 0 and suite["engine"]["engine"] == "transformers", suite["output_tail"]
+    assert suite["tasks"]["gsm8k"]["n"] == 2 and suite["items_per_s"] > 0
 
     e2e = json.loads((out / "e2e.json").read_text())
     assert e2e["returncode"] == 0 and not e2e["timed_out"], e2e["output_tail"]

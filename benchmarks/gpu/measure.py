@@ -5,11 +5,17 @@ it has them (a run cut short returns what it finished); at most 8 files come bac
 
   env.json         machine, driver, CUDA, torch and package versions, llama.cpp's GPU offload
   generate.jsonl   `lite-delta bench generate` per stand-in model and slot count: batched vs sequential
-                   tokens/s and the GPU memory nvidia-smi saw while it ran
-  train.json       `lite-delta bench train --backend both` on the random Llama-3.1-8B-shaped student, 4-bit
-  train-unsloth.json, train-peft.json   the same, one file per backend (written after every setting)
-  e2e.json         `lite-delta run` (the demo recipe at smoke size, a random stand-in model) with CUDA
-  run.log          what run.sh and this script printed
+                   tokens/s and the GPU memory nvidia-smi saw while it ran; at 32 and 64 slots also sampling
+                   on the device against the host (device_over_host)
+  train.json       `lite-delta bench train --backend both` on the random Llama-3.1-8B-shaped student, NF4,
+                   max_length 1024/2048 x batch 1/2/4 beside the planner (rows of a backend cut short by the
+                   budget are taken from its own file, written after every setting)
+  train-fp16.json  a short fp16 QLoRA run on both backends, forced on a bf16 card: the T4 path (GradScaler)
+  suite.json       `lite-delta eval --engine transformers` on a few GSM8K and MMLU items with the 8B student
+                   (NF4, batch 8): the Hub-student evaluation path, its precision and items/s
+  e2e.json         `lite-delta run` (the demo recipe at smoke size, a random stand-in model) with CUDA: training
+                   in its child process, export and evaluation through CUDA llama.cpp
+  run.log          what run.sh and this script printed (errors.jsonl, when a step fails, is the eighth file)
 
 Stand-in models are written once into --work (random weights: speed and memory do not depend on them);
 `--prepare-only` writes the ones that need no llama.cpp (run.sh starts it during the CUDA build).
@@ -38,17 +44,25 @@ from lite_delta.models.random_student import STUDENT_SHAPES  # noqa: E402
 SIZES = {
     "gpu": {
         "generate_models": {"qwen2.5-3b": SHAPES["qwen2.5-3b"], "qwen2.5-1.5b": SHAPES["qwen2.5-1.5b"]},
-        "quant": "Q4_K_M", "slots": [1, 8, 32, 64], "max_tokens": 64, "threads": None,
-        "student": "llama-3.1-8b", "max_lengths": [1024, 2048], "batches": [1, 2], "steps": 3, "warmup": 1,
+        "quant": "Q4_K_M", "slots": [1, 8, 32, 64], "device_sampling_slots": [32, 64], "max_tokens": 64,
+        "threads": None,
+        "student": "llama-3.1-8b", "max_lengths": [1024, 2048], "batches": [1, 2, 4], "steps": 3, "warmup": 1,
+        # the T4 path on an H200: fp16 autocast, GradScaler, NF4 base; a small student (only the dtypes matter)
+        "fp16": {"student": "tiny", "precision": "fp16", "max_length": 256, "batch": 2, "steps": 2, "warmup": 1},
+        "suite": {"tasks": "gsm8k,mmlu", "limit": 8, "max_tokens": 64, "batch_size": 8},
         "e2e_model": SHAPES["smollm2-135m"], "e2e_quant": "Q4_1",
-        "budget": {"generate": 120, "train": 210, "e2e": 90},
+        "budget": {"generate": 90, "train": 180, "fp16": 60, "suite": 75, "e2e": 75},
     },
     "dry": {
         "generate_models": {"tiny-a": SHAPES["tiny"], "tiny-b": LlamaShape(n_embd=128, n_ff=256)},
-        "quant": "Q4_K_M", "slots": [1, 4], "max_tokens": 8, "threads": 1,  # spinning threads stall a busy CPU
+        "quant": "Q4_K_M", "slots": [1, 4], "device_sampling_slots": [4], "max_tokens": 8,
+        "threads": 1,  # spinning threads stall a busy CPU
         "student": "tiny", "max_lengths": [64], "batches": [1], "steps": 1, "warmup": 1,
+        "fp16": {"student": "tiny", "precision": "auto", "max_length": 64, "batch": 1, "steps": 1, "warmup": 0},
+        "suite": {"tasks": "gsm8k", "limit": 2, "max_tokens": 8, "batch_size": 2},
         "e2e_model": SHAPES["tiny"], "e2e_quant": "Q8_0",
-        "budget": {"generate": 150, "train": 300, "e2e": 420},  # correctness, not speed: a busy CPU is slow
+        # correctness, not speed: a busy CPU is slow
+        "budget": {"generate": 150, "train": 300, "fp16": 150, "suite": 150, "e2e": 420},
     },
 }
 # The demo recipe at smoke size: every stage runs once, quickly (train and eval through the GPU backends).
@@ -56,6 +70,9 @@ E2E_SETS = ["prompts.n=3", "generation.samples_per_prompt=2", "generation.max_to
             "pairing.min_margin=0", "train.max_steps=2", "train.batch_size=2", "train.grad_accum=1",
             "train.max_length=256", "train.save_steps=1000", "evaluate.utility.prompts.n=2",
             "evaluate.utility.samples_per_prompt=2", "evaluate.utility.max_tokens=16"]
+
+
+STEPS = ("generate", "train", "fp16", "suite", "e2e")
 
 
 def log(message: str) -> None:
@@ -204,6 +221,15 @@ def prepare(work: Path, size: dict, dry: bool) -> None:
         if not (work / f"{name}-{size['quant'].lower()}.gguf").is_file():
             f16_gguf(work, name, shape, tokenizer)
     student_folder(work, size["student"], tokenizer)
+    student_folder(work, size["fp16"]["student"], tokenizer)
+
+
+def benchdata(dry: bool) -> Path:
+    """The suite's rows: carried as .device/benchdata there (prepare.sh); the shared folder beside the clone here."""
+    if dry:
+        configured = os.environ.get("LITE_DELTA_BENCHDATA")
+        return Path(configured) if configured else REPO.parent / "shared" / "benchdata"
+    return REPO / ".device" / "benchdata"
 
 
 # ---- steps ---------------------------------------------------------------------------------------------
@@ -247,6 +273,8 @@ def step_generate(out: Path, work: Path, size: dict, clock: Clock, env: dict, dr
             command = lite_delta("bench", "generate", "--model", str(model), "--parallel", str(slots),
                                  "--prompts", str(prompts), "--max-tokens", str(size["max_tokens"]),
                                  "--out", str(result_file))
+            if slots in size["device_sampling_slots"]:  # the same run also samples on the device
+                command.append("--device-sampling")
             if size["threads"]:
                 command += ["--threads", str(size["threads"])]
             run = run_guarded(command, clock.left() - 5, gpu=not dry)
@@ -258,21 +286,72 @@ def step_generate(out: Path, work: Path, size: dict, clock: Clock, env: dict, dr
             append_jsonl(path, record)
 
 
-def step_train(out: Path, work: Path, size: dict, clock: Clock, dry: bool) -> None:
-    student = student_folder(work, size["student"], tokenizer_gguf(work, dry))
-    command = lite_delta("bench", "train", "--student", str(student), "--backend", "both",
-                         "--steps", str(size["steps"]), "--warmup", str(size["warmup"]),
-                         "--timeout-s", str(int(clock.left() - 10)), "--out", str(out / "train.json"))
-    command += [x for n in size["max_lengths"] for x in ("--max-length", str(n))]
-    command += [x for b in size["batches"] for x in ("--batch", str(b))]
+def bench_train(out: Path, work: Path, clock: Clock, dry: bool, *, name: str, student_shape: str,
+                max_lengths: list[int], batches: list[int], steps: int, warmup: int, extra: list[str] = ()) -> None:
+    """`lite-delta bench train --backend both` into work/NAME.json (and its per-backend files), merged into
+    out/NAME.json: a backend the time budget cut short keeps the rows its own file has."""
+    student = student_folder(work, student_shape, tokenizer_gguf(work, dry))
+    merged_file = work / f"{name}.json"
+    for stale in [merged_file, *(work / f"{name}-{b}.json" for b in ("unsloth", "peft"))]:
+        stale.unlink(missing_ok=True)
+    command = lite_delta("bench", "train", "--student", str(student), "--backend", "both", "--steps", str(steps),
+                         "--warmup", str(warmup), "--timeout-s", str(int(clock.left() - 10)), "--out",
+                         str(merged_file), *extra)
+    command += [x for n in max_lengths for x in ("--max-length", str(n))]
+    command += [x for b in batches for x in ("--batch", str(b))]
     run = run_guarded(command, clock.left(), gpu=not dry)
-    if not (out / "train.json").is_file():
-        write_json(out / "train.json", {"benchmark": "train", "dry_run": dry, "error": run["output_tail"],
-                                        "returncode": run["returncode"], "timed_out": run["timed_out"]})
-        return
-    result = json.loads((out / "train.json").read_text())
-    result.update({"dry_run": dry, "student_shape": size["student"], "gpu_memory_peak_mib": run["gpu_memory_peak_mib"]})
-    write_json(out / "train.json", result)
+    result = json.loads(merged_file.read_text()) if merged_file.is_file() else {"benchmark": "train", "backends": {},
+                                                                                "runs": []}
+    for backend in ("unsloth", "peft"):
+        part = work / f"{name}-{backend}.json"
+        if part.is_file() and not any(r.get("backend") == backend for r in result["runs"]):
+            rows = json.loads(part.read_text())
+            result["backends"].setdefault(backend, {k: v for k, v in rows.items() if k != "runs"})
+            result["runs"] += rows["runs"]
+    result.update({"dry_run": dry, "student_shape": student_shape, "command": command[3:],
+                   "gpu_memory_peak_mib": run["gpu_memory_peak_mib"], "returncode": run["returncode"],
+                   "timed_out": run["timed_out"]})
+    if run["returncode"] != 0:
+        result["output_tail"] = run["output_tail"]
+    write_json(out / f"{name}.json", result)
+
+
+def step_train(out: Path, work: Path, size: dict, clock: Clock, dry: bool) -> None:
+    bench_train(out, work, clock, dry, name="train", student_shape=size["student"], max_lengths=size["max_lengths"],
+                batches=size["batches"], steps=size["steps"], warmup=size["warmup"])
+
+
+def step_fp16(out: Path, work: Path, size: dict, clock: Clock, dry: bool) -> None:
+    """The T4 path forced on a bf16 card: fp16 autocast with the gradient scaler over a 4-bit base (a CPU has
+    no fp16 GradScaler: the dry run takes the CPU's precision)."""
+    f = size["fp16"]
+    bench_train(out, work, clock, dry, name="train-fp16", student_shape=f["student"], max_lengths=[f["max_length"]],
+                batches=[f["batch"]], steps=f["steps"], warmup=f["warmup"],
+                extra=["--precision", f["precision"], "--quantization", "nf4"])
+
+
+def step_suite(out: Path, work: Path, size: dict, clock: Clock, dry: bool) -> None:
+    """A few reduced-suite items through the transformers engine (how a Hub student without a GGUF is scored)."""
+    s = size["suite"]
+    student = student_folder(work, size["student"], tokenizer_gguf(work, dry))
+    folder = work / "suite"
+    shutil.rmtree(folder, ignore_errors=True)
+    command = lite_delta("eval", "--model", str(student), "--engine", "transformers", "--tasks", s["tasks"],
+                         "--limit", str(s["limit"]), "--max-tokens", str(s["max_tokens"]), "--batch-size",
+                         str(s["batch_size"]), "--data-dir", str(benchdata(dry)), "--out", str(folder))
+    run = run_guarded(command, clock.left(), gpu=not dry)
+    record = {"benchmark": "suite", "dry_run": dry, "student_shape": size["student"], "command": command[3:], **run}
+    results = folder / "results.json"
+    if results.is_file():
+        data = json.loads(results.read_text())
+        record["engine"] = data.get("engine")
+        record["seconds_last_run"] = data.get("seconds_last_run")
+        record["tasks"] = {name: {k: v for k, v in task.items() if k in ("score", "n")}
+                           for name, task in data.get("tasks", {}).items()}
+        items = sum(t["n"] for t in record["tasks"].values())
+        if data.get("seconds_last_run"):
+            record["items_per_s"] = round(items / data["seconds_last_run"], 3)
+    write_json(out / "suite.json", record)
 
 
 def step_e2e(out: Path, work: Path, size: dict, clock: Clock, dry: bool) -> None:
@@ -303,7 +382,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".device" / "built" / "work")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--budget", type=float, default=420, help="seconds for all steps together")
-    parser.add_argument("--steps", default="generate,train,e2e")
+    parser.add_argument("--steps", default=",".join(STEPS))
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--tokenizer-carrier", type=Path, help="write the tokenizer carrier GGUF here and stop")
     args = parser.parse_args()
@@ -331,6 +410,10 @@ def main() -> None:
                 step_generate(args.out, args.work, size, step, env, args.dry_run)
             elif name == "train":
                 step_train(args.out, args.work, size, step, args.dry_run)
+            elif name == "fp16":
+                step_fp16(args.out, args.work, size, step, args.dry_run)
+            elif name == "suite":
+                step_suite(args.out, args.work, size, step, args.dry_run)
             elif name == "e2e":
                 step_e2e(args.out, args.work, size, step, args.dry_run)
         except Exception as exc:  # noqa: BLE001 - one step's failure must not lose the others
