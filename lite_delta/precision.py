@@ -29,6 +29,11 @@ def resolve_precision(requested: str, capability: tuple[int, int] | None, gpu_na
     return requested
 
 
+def mixed_precision(precision: str) -> dict:
+    """A trainer's autocast flags for the run's precision (resolve_precision decides what a device may use)."""
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
 def device_capability() -> tuple[tuple[int, int] | None, str]:
     import torch
 

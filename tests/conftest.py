@@ -131,3 +131,24 @@ def derived_cache(tmp_path_factory, smollm2_gguf) -> Path:
     root = tmp_path_factory.mktemp("lite_delta_cache")
     derive_gguf(DEMO_MODEL, "Q2_K", cache_dir=root / "derived")
     return root
+
+
+@pytest.fixture
+def kill_once_written():
+    """Start a command in its own process group, SIGKILL the whole group once `path` exists (the run still going):
+    kill_once_written(command, path, timeout=600, poll=0.2)."""
+    import signal
+    import subprocess
+    import time
+
+    def run(command: list[str], path: Path, timeout: float = 600, poll: float = 0.2) -> None:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + timeout
+        while not path.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(poll)
+        assert proc.poll() is None, "the run finished before it could be killed mid-training"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    return run

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,17 +31,10 @@ def uninterrupted(tmp_path_factory, smollm2_student):
     return runs / "demo"
 
 
-def test_killed_during_training_then_rerun_matches_an_uninterrupted_run(tmp_path, uninterrupted, smollm2_student):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(command(tmp_path, smollm2_student), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    checkpoint = tmp_path / "demo" / "train" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
-    deadline = time.time() + 600
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed mid-training"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+def test_killed_during_training_then_rerun_matches_an_uninterrupted_run(tmp_path, uninterrupted, smollm2_student,
+                                                                       kill_once_written):
+    kill_once_written(command(tmp_path, smollm2_student),
+                      tmp_path / "demo" / "train" / "checkpoints" / "checkpoint-2" / "trainer_state.json")
     run = tmp_path / "demo"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["train"]["status"] == "running" and manifest["stages"]["pair"]["status"] == "done"

@@ -164,6 +164,11 @@ def is_quantized(model) -> bool:
     return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False))
 
 
+def trainable_dtypes(model) -> list[str]:
+    """The dtypes of the trainable parameters, sorted ("float32" for fp32 master weights)."""
+    return sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
+
+
 def fp32_trainable_weights(trainer, *, sharded: bool = False) -> int:
     """Put a QLoRA run's trainable (LoRA) weights back in fp32 after TRL built its trainer; returns how many.
 

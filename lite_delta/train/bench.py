@@ -8,7 +8,8 @@ worst case the settings allow. The student loads once per backend (as the train 
 DPOTrainer with a fresh adapter, smallest setting first so the allocator's reserve reflects the setting
 measured. Between settings the model goes back to what the loader gave: TRL wraps a plain model in a new
 LoRA adapter (PEFT backend: unloaded again afterwards) and adds a frozen "ref" copy to an adapter that is
-already there (Unsloth's PeftModel: deleted again afterwards), so every setting trains as the train stage does. `--backend both` runs each backend in its own process
+already there (Unsloth's PeftModel: deleted again afterwards), so every setting trains as the train stage does.
+`--backend both` runs each backend in its own process
 (Unsloth patches trl and transformers as it is imported). Results are written after every setting, so a
 run cut short keeps what it finished.
 """
@@ -168,8 +169,8 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
     from trl import DPOConfig, DPOTrainer
 
     from lite_delta.config import TrainConfig
-    from lite_delta.train.backends import fp32_trainable_weights, load_student
-    from lite_delta.train.stage import mixed_precision
+    from lite_delta.precision import mixed_precision
+    from lite_delta.train.backends import fp32_trainable_weights, load_student, trainable_dtypes
 
     cfg = TrainConfig(student=student_path, pairs=work / "pairs.jsonl", out=work, backend=backend,
                       max_length=max(max_lengths), lora_r=lora_r, lora_alpha=2 * lora_r)
@@ -207,8 +208,7 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
                                  processing_class=tokenizer, peft_config=lora, callbacks=[timer.callback])
             trainer.remove_callback(PrinterCallback)
             fp32_trainable_weights(trainer)  # as the train stage: fp32 master weights for a 4-bit base
-            run["trainable_dtype"] = sorted({str(p.dtype).removeprefix("torch.") for p in trainer.model.parameters()
-                                             if p.requires_grad})
+            run["trainable_dtype"] = trainable_dtypes(trainer.model)
             lengths = {len(r["prompt_ids"]) + len(r[k]) for r in trainer.train_dataset for k in ("chosen_ids",
                                                                                                  "rejected_ids")}
             if lengths != {max_length}:

@@ -19,7 +19,6 @@ unexpected exception's traceback goes to ERROR_LOG in the stage's folder.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -186,8 +185,10 @@ def _run_child(kind: str, cfg: TrainConfig, *, resume: bool, progress: bool, stu
         from lite_delta.train.sft import train_sft
 
         train_sft(cfg, progress=progress, student_cache=student_cache)
-    else:
-        run_training(cfg, resume=resume, progress=progress)
+    else:  # one process (train_in_child hands several to accelerate itself)
+        from lite_delta.train.stage import train
+
+        train(cfg, resume=resume, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ from lite_delta.config import TrainConfig
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import writable_dir, write_json
 from lite_delta.models.student import prepare_student
-from lite_delta.precision import device_capability, resolve_precision
+from lite_delta.precision import device_capability, mixed_precision, resolve_precision
 from lite_delta.train.backends import (
     fp32_trainable_weights,
     import_unsloth,
@@ -30,7 +30,7 @@ from lite_delta.train.backends import (
 )
 from lite_delta.train.pairs_io import drop_degenerate, load_pairs, pairs_source
 from lite_delta.train.sequences import check_sequences, end_token_ids, fit_prompts, template_for
-from lite_delta.train.stage import mixed_precision, run_summary
+from lite_delta.train.stage import run_summary
 
 log = logging.getLogger(__name__)
 

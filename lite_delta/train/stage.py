@@ -20,7 +20,7 @@ from rich.console import Console
 from lite_delta.config import TrainConfig
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import writable_dir, write_json, write_text
-from lite_delta.precision import device_capability, resolve_precision
+from lite_delta.precision import device_capability, mixed_precision, resolve_precision
 from lite_delta.train.backends import (
     fp32_trainable_weights,
     import_unsloth,
@@ -28,6 +28,7 @@ from lite_delta.train.backends import (
     resolve_backend,
     resolve_quantization,
     sharded_weights,
+    trainable_dtypes,
 )
 from lite_delta.train.pairs_io import describe_degenerate, drop_degenerate, load_pairs, pairs_source, pairs_stats
 from lite_delta.train.sequences import (
@@ -204,16 +205,10 @@ def dpo_args(cfg: TrainConfig, checkpoints: Path, *, cuda: bool, backend: str, p
     )
 
 
-def mixed_precision(precision: str) -> dict:
-    """The trainer's autocast flags for the run's precision (resolve_precision decides what a device may use)."""
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-
-
 def run_summary(cfg: TrainConfig, *, student: str, backend: str, device: str, precision: str, template: str,
                 template_source: str, rows: list[dict], truncated: int, dropped: int, budget: int,
                 degenerate: dict, quantization: str, model) -> dict:
     """What every training run of the student records (DPO's train.json, the SFT contrast's sft.json)."""
-    trainable = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
     return {
         "student": cfg.student,
         "student_path": student,
@@ -221,7 +216,7 @@ def run_summary(cfg: TrainConfig, *, student: str, backend: str, device: str, pr
         "device": device,
         "precision": precision,
         "quantization": quantization,
-        "trainable_dtype": ",".join(sorted(trainable)),
+        "trainable_dtype": ",".join(trainable_dtypes(model)),
         "chat_template": {"source": template_source, "sha256": template_sha(template)},
         "config": cfg.model_dump(mode="json"),
         "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,

@@ -9,11 +9,8 @@ exports to a GGUF LoRA that changes llama.cpp's answers; --resume continues a ki
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -181,7 +178,7 @@ def _train_command(student, pairs, out, *extra) -> list[str]:
             "--config", str(out.parent / "train.yaml"), *extra]
 
 
-def test_a_killed_qlora_run_resumes_to_the_same_steps(tiny_student, pairs, tmp_path):
+def test_a_killed_qlora_run_resumes_to_the_same_steps(tiny_student, pairs, tmp_path, kill_once_written):
     (tmp_path / "train.yaml").write_text("batch_size: 2\ngrad_accum: 1\nmax_length: 128\nlora_r: 8\nlora_alpha: 16\n"
                                          "save_steps: 1\nwarmup_ratio: 0\nlr_scheduler: constant\n")
     full = tmp_path / "full"
@@ -189,16 +186,8 @@ def test_a_killed_qlora_run_resumes_to_the_same_steps(tiny_student, pairs, tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_command(tiny_student, pairs, killed), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    checkpoint = killed / "checkpoints" / "checkpoint-2" / "trainer_state.json"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_written(_train_command(tiny_student, pairs, killed),
+                      killed / "checkpoints" / "checkpoint-2" / "trainer_state.json", timeout=300, poll=0.05)
     assert not (killed / "train.json").exists()
 
     done = subprocess.run(_train_command(tiny_student, pairs, killed, "--resume"), capture_output=True, text=True,
