@@ -39,6 +39,32 @@ def completion_key(**parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
+def template_kwargs_part(kwargs: dict | None) -> dict:
+    """The chat template kwargs as a key part: none while empty, so keys made before the setting existed stay valid."""
+    return {"template_kwargs": kwargs} if kwargs else {}
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_thinking(text: str) -> tuple[str | None, str]:
+    """(thinking, answer) of a completion that starts with a reasoning block; (None, text) when it does not.
+
+    A block is ``<think>...</think>`` at the start (whitespace aside), or text closed by ``</think>`` with no
+    opening tag, where the template opened it in the prompt (DeepSeek-R1 distills). A block never closed
+    (cut off by max_tokens) is all thinking: the answer is empty."""
+    body = text.lstrip()
+    opened = body.startswith(THINK_OPEN)
+    if opened:
+        body = body[len(THINK_OPEN):]
+    head, closed, tail = body.partition(THINK_CLOSE)
+    if not closed:
+        return (body.strip(), "") if opened else (None, text)
+    if THINK_OPEN in head:  # a tag inside the answer, not a leading block
+        return None, text
+    return head.strip(), tail.lstrip()
+
+
 def _parse_lines(path: Path) -> tuple[list[dict], int]:
     """Parse every complete line; return the records and the byte length of the valid prefix."""
     data = path.read_bytes()

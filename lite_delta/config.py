@@ -2,17 +2,63 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from lite_delta.errors import LiteDeltaError
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# Names lite-delta itself passes to a chat template; a kwarg may not replace them.
+TEMPLATE_RESERVED = ("messages", "add_generation_prompt", "bos_token", "eos_token")
+
+
+def _json_value(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_json_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_value(v) for k, v in value.items())
+    return False
+
+
+def _template_mapping(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError(f"a mapping of template variables to values, e.g. {{enable_thinking: false}} (got {value!r:.60})")
+    return value
+
+
+def _checked_template_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    bad_names = [k for k in kwargs if not k.isidentifier() or k in TEMPLATE_RESERVED]
+    if bad_names:
+        raise ValueError(f"keys are the template's variable names (identifiers, not {', '.join(TEMPLATE_RESERVED)}); "
+                         f"got {', '.join(map(repr, bad_names))}")
+    bad_values = [k for k, v in kwargs.items() if not _json_value(v)]
+    if bad_values:
+        raise ValueError(f"values are JSON values (true/false, numbers, strings, null, lists, mappings); "
+                         f"{', '.join(bad_values)} is not: " + ", ".join(repr(kwargs[k]) for k in bad_values))
+    return json.loads(json.dumps(kwargs))  # a plain copy: what is hashed into keys is what is passed
+
+
+# Variables a chat template reads besides the messages, e.g. {enable_thinking: false} for Qwen3 (no <think> block).
+# Left out of dumps while empty, so stage keys and records of runs without it stay what they were.
+TemplateKwargs = Annotated[dict[str, Any], BeforeValidator(_template_mapping), AfterValidator(_checked_template_kwargs)]
+
+
+def template_kwargs_field(description: str):
+    return Field(default_factory=dict, exclude_if=lambda kwargs: not kwargs, description=description)
 
 
 class PromptsConfig(Strict):
@@ -42,6 +88,9 @@ class GenerationConfig(Strict):
         "steps (float32 sums), so they are keyed apart. Off: on a 2-core AMD EPYC it was 0.99x (greedy) and 0.97x "
         "(T 0.9) host sampling's tok/s, and it is not yet measured on a GPU")
     system: str | None = Field(None, description="system prompt prepended to every conversation")
+    chat_template_kwargs: TemplateKwargs = template_kwargs_field(
+        "teachers: extra variables for their chat templates, e.g. {enable_thinking: false} so Qwen3 answers without a "
+        "<think> block; sent as chat_template_kwargs to endpoint teachers; part of every completion key")
     n_gpu_layers: int | None = Field(None, ge=0, description="layers on the GPU; all when the build has GPU offload")
     n_threads: int | None = Field(None, gt=0)
 
@@ -134,6 +183,10 @@ class PairingConfig(Strict):
         1, gt=0, description="by_score: up to N disjoint pairs per prompt (best-worst, 2nd best-2nd worst, ...)")
     allow_truncated: bool = False
     max_length: int | None = Field(2048, gt=0, description="prompt+answer tokens per side")
+    keep_thinking: bool = Field(
+        False, exclude_if=lambda keep: not keep,
+        description="keep a teacher's leading <think>...</think> block in chosen/rejected; false: the answer after it "
+        "(counted in stats.json). Better: generation.chat_template_kwargs {enable_thinking: false}")
 
 
 class ExportConfig(Strict):
@@ -142,6 +195,33 @@ class ExportConfig(Strict):
     enabled: bool = Field(True, description="runs where the student is a GGUF (or `student_gguf` names one)")
     merge: bool = Field(True, description="also fold the adapter into the base and quantize that")
     quant: str = Field("Q4_K_M", description="llama.cpp quant type of the merged GGUF (Q4_K_M, Q5_K_M, Q8_0, F16...)")
+
+
+class StudentConvertConfig(Strict):
+    """A transformers student (Hub id or model folder) converted to GGUF once, so export and llama.cpp evaluation
+    run on it as on a GGUF student (`student_convert:`; the convert stage, models/hf_gguf.py)."""
+
+    enabled: bool = Field(
+        True, description="convert where the student is a transformers model and `student_gguf` is unset; an "
+        "architecture the converter does not handle falls back to transformers evaluation and no export")
+    dtype: Literal["auto", "f16", "bf16", "f32"] = Field(
+        "auto", description="the converted GGUF's float type; auto: the checkpoint's own (bf16 stays bf16). Made "
+        "once per model and kept in $LITE_DELTA_CACHE/converted; the export merges the adapter into it")
+    eval_quant: str | None = Field(
+        "Q8_0", description="llama.cpp quant type of the copy base and tuned are evaluated on (made once, cached "
+        "beside the conversion); null: evaluate the converted 16-bit file itself. Q8_0: near-lossless (~0.01 "
+        "perplexity off 16-bit) at ~53% of the bytes, so an 8B base (~8.5 GB) leaves room for the KV cache of "
+        "every evaluation slot on a 24 GB card; the adapter, written against the 16-bit file, loads on any quant "
+        "of it")
+
+    @field_validator("eval_quant")
+    @classmethod
+    def _known_quant(cls, quant: str | None) -> str | None:
+        from lite_delta.models.merge_gguf import QUANTS
+
+        if quant is not None and quant.upper() not in QUANTS:
+            raise ValueError(f"unknown llama.cpp quant type {quant!r}: use one of {', '.join(QUANTS)}, or null")
+        return quant.upper() if quant is not None else None
 
 
 
@@ -192,7 +272,9 @@ class Recipe(Strict):
     pairing: PairingConfig = Field(default_factory=PairingConfig)
     student: str | None = Field(None, description="the model DPO trains: Hub id, model folder or GGUF reference")
     student_gguf: str | None = Field(
-        None, description="a GGUF of the same base as a Hub student: export and llama.cpp evaluation use it")
+        None, description="a GGUF of the same base as a Hub student: export and llama.cpp evaluation use it "
+        "(unset: the student is converted, see student_convert)")
+    student_convert: StudentConvertConfig = Field(default_factory=StudentConvertConfig)
     train: TrainSettings | None = None
     export: ExportConfig = Field(default_factory=ExportConfig)
     contrast: ContrastConfig = Field(default_factory=ContrastConfig)
@@ -359,6 +441,9 @@ class TrainSettings(Strict):
     chat_template: str | None = Field(
         None, description="Jinja chat template (or a .jinja file) for a student whose tokenizer has none"
     )
+    chat_template_kwargs: TemplateKwargs = template_kwargs_field(
+        "the student: extra variables for its chat template in training (TRL's per-row chat_template_kwargs), "
+        "e.g. {enable_thinking: false} for a Qwen3 student; evaluation uses them too unless evaluate sets its own")
     merge: bool = Field(False, description="also save the adapter merged into a 16-bit copy of the student")
     num_processes: int = Field(
         1, gt=0, description="processes (GPUs) that `accelerate launch` starts, DDP; global batch = "
@@ -392,7 +477,8 @@ class UtilityEvalConfig(Strict):
     max_tokens: int = Field(200, gt=0)
     seed: int = 1
     engine: Literal["auto", "llama.cpp", "transformers"] = Field(
-        "auto", description="auto: llama.cpp's batched engine for a GGUF student (its adapter as a GGUF LoRA)")
+        "auto", description="auto: llama.cpp's batched engine on the student's GGUF (its own, `student_gguf` or the "
+        "converted one; the adapter as a GGUF LoRA), transformers + PEFT where there is none")
     parallel: int = Field(16, gt=0, description="sequences decoded together (llama.cpp)")
     batch_size: int = Field(16, gt=0, description="prompts generated together (transformers)")
 
@@ -410,6 +496,10 @@ class SuiteEvalConfig(Strict):
     max_tokens: int | None = Field(None, gt=0, description="caps every task's generation budget")
     humaneval_samples: int = Field(20, gt=0)
     seed: int = 0
+    engine: Literal["auto", "llama.cpp", "transformers"] = Field(
+        "auto", description="auto: llama.cpp on the student's GGUF (its own, `student_gguf` or the converted one; "
+        "the adapter as a GGUF LoRA), transformers + PEFT where there is none; transformers: always (slower)")
+    parallel: int = Field(16, gt=0, description="sequences decoded together (llama.cpp engine)")
     batch_size: int = Field(8, gt=0, description="prompts generated together (transformers engine)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="transformers engine compute dtype: auto = bf16 from compute 8.0, fp16 before (T4), "
@@ -430,6 +520,10 @@ class SuiteEvalConfig(Strict):
 class EvaluateConfig(Strict):
     utility: UtilityEvalConfig | None = None
     suite: SuiteEvalConfig | None = None
+    chat_template_kwargs: TemplateKwargs | None = Field(
+        None, exclude_if=lambda kwargs: kwargs is None,
+        description="the student's chat template variables in evaluation (base and tuned alike); unset: "
+        "train.chat_template_kwargs, the ones it was trained with")
 
 
 def load_train_config(path: str | Path, **overrides) -> TrainConfig:

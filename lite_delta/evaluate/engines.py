@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lite_delta.completions import template_kwargs_part
 from lite_delta.errors import LiteDeltaError
 from lite_delta.evaluate.tasks import Prompt
 
@@ -44,12 +45,13 @@ class LlamaCppEngine:
     name = "llama.cpp"
 
     def __init__(self, ref: str, *, adapter: Path | None = None, cache_dir: Path | None = None, parallel: int = 8,
-                 n_threads: int | None = None):
+                 n_threads: int | None = None, chat_template_kwargs: dict | None = None):
         from lite_delta.inference.engine import GGUFModel
         from lite_delta.models.refs import model_identity, resolve_model
 
         self.path = resolve_model(ref)
-        self.model = GGUFModel(self.path)
+        self.model = GGUFModel(self.path, chat_template_kwargs=chat_template_kwargs)
+        self.chat_template_kwargs = self.model.chat_template_kwargs
         self.parallel = parallel
         self.n_threads = n_threads
         self._scorer = None
@@ -64,6 +66,7 @@ class LlamaCppEngine:
             "adapter_sha256": _adapter_digest(Path(adapter)) if adapter else None,
             "precision": "gguf",
             "chat_template_sha256": hashlib.sha256((self.model.chat_template or "").encode()).hexdigest()[:16],
+            **template_kwargs_part(self.chat_template_kwargs),
         }
 
     def render(self, prompt: Prompt) -> str:
@@ -174,7 +177,7 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, ref: str, *, adapter: Path | None = None, cache_dir: Path, batch_size: int = 8,
-                 precision: str = "auto", quantization: str = "auto"):
+                 precision: str = "auto", quantization: str = "auto", chat_template_kwargs: dict | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from lite_delta.models.student import prepare_student
@@ -184,6 +187,7 @@ class TransformersEngine:
         compute, weights = transformers_precision(precision, quantization, capability, gpu_name)
         source = prepare_student(ref, cache_dir)
         self.batch_size = batch_size
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.device = "cuda" if capability is not None else "cpu"
         dtype = torch_dtype(compute)
         kwargs: dict = {"trust_remote_code": False, "dtype": dtype}
@@ -226,13 +230,17 @@ class TransformersEngine:
             "precision": self.precision,
             "chat_template_sha256": hashlib.sha256(
                 (getattr(self.tokenizer, "chat_template", None) or "").encode()).hexdigest()[:16],
+            **template_kwargs_part(self.chat_template_kwargs),
         }
 
     def render(self, prompt: Prompt) -> str:
         if prompt.text is not None:
             return prompt.text
-        text = self.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
-        return text + prompt.prefill
+        return self.render_messages(list(prompt.messages)) + prompt.prefill
+
+    def render_messages(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  **self.chat_template_kwargs)
 
     def _encode(self, text: str) -> list[int]:
         bos = self.tokenizer.bos_token
@@ -321,7 +329,8 @@ def _folder_digest(folder: Path) -> str:
 
 
 def open_engine(model: str, *, engine: str, adapter: Path | None, cache_dir: Path, parallel: int, batch_size: int,
-                threads: int | None = None, precision: str = "auto", quantization: str = "auto"):
+                threads: int | None = None, precision: str = "auto", quantization: str = "auto",
+                chat_template_kwargs: dict | None = None):
     from lite_delta.models.student import is_gguf_reference
 
     gguf = is_gguf_reference(model) or model.startswith("hf://")
@@ -330,12 +339,14 @@ def open_engine(model: str, *, engine: str, adapter: Path | None, cache_dir: Pat
     if engine == "llama.cpp":
         if not gguf:
             raise LiteDeltaError(f"the llama.cpp engine needs a GGUF model reference, not {model}")
-        return LlamaCppEngine(model, adapter=adapter, cache_dir=cache_dir, parallel=parallel, n_threads=threads)
+        return LlamaCppEngine(model, adapter=adapter, cache_dir=cache_dir, parallel=parallel, n_threads=threads,
+                              chat_template_kwargs=chat_template_kwargs)
     if engine == "transformers":
         if model.startswith("hf://"):
             from lite_delta.models.refs import resolve_model
 
             model = str(resolve_model(model))
         return TransformersEngine(model, adapter=adapter, cache_dir=cache_dir, batch_size=batch_size,
-                                  precision=precision, quantization=quantization)
+                                  precision=precision, quantization=quantization,
+                                  chat_template_kwargs=chat_template_kwargs)
     raise LiteDeltaError(f"unknown engine {engine!r} (auto | llama.cpp | transformers)")

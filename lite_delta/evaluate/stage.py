@@ -46,6 +46,7 @@ class EvalConfig:
     precision: str = "auto"  # transformers compute dtype: auto | bf16 | fp16 | fp32 (auto: bf16 from compute 8.0)
     quantization: str = "auto"  # transformers base weights: auto | nf4 | none (auto: nf4 on a CUDA GPU)
     model_cache: Path | None = None  # where a GGUF is converted for transformers (default OUT/model)
+    chat_template_kwargs: dict = field(default_factory=dict)  # the student's template variables (enable_thinking...)
 
 
 def versions() -> dict:
@@ -145,7 +146,8 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict:
                 engine = open_engine(cfg.model, engine=cfg.engine, adapter=cfg.adapter,
                                      cache_dir=cfg.model_cache or out / "model",
                                      parallel=cfg.parallel, batch_size=cfg.batch_size, threads=cfg.threads,
-                                     precision=cfg.precision, quantization=cfg.quantization)
+                                     precision=cfg.precision, quantization=cfg.quantization,
+                                     chat_template_kwargs=cfg.chat_template_kwargs)
                 results["engine"] = engine.identity
             settings = {**plan.settings, "engine": results.get("engine"), "model": cfg.model,
                         "adapter": str(cfg.adapter) if cfg.adapter else None}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lite_delta.completions import template_kwargs_part
 from lite_delta.config import UtilityEvalConfig
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import read_appended, write_json
@@ -29,7 +30,7 @@ RESULT_FILE = "utility.json"
 N_BOOTSTRAP = 10_000
 # Settings that make an answer what it is: a rerun into the same folder must match them.
 CHECKED_FIELDS = ("prompts", "temperature", "top_p", "max_tokens", "seed", "model", "adapter_sha256",
-                  "chat_template_sha256", "precision", "engine")
+                  "chat_template_sha256", "template_kwargs", "precision", "engine")
 
 
 def item_seed(seed: int, prompt_id: str, sample: int) -> int:
@@ -101,7 +102,8 @@ def _check_settings(out: Path, settings: dict) -> None:
         )
 
 
-def _open_engine(cfg: UtilityEvalConfig, student: str, adapter: Path | None, cache_dir: Path):
+def _open_engine(cfg: UtilityEvalConfig, student: str, adapter: Path | None, cache_dir: Path,
+                 chat_template_kwargs: dict | None = None):
     """llama.cpp's batched engine for a GGUF student (the adapter attached as a GGUF LoRA), else transformers."""
     from lite_delta.evaluate.engines import LlamaCppEngine, TransformersEngine
     from lite_delta.models.student import is_gguf_reference
@@ -110,12 +112,14 @@ def _open_engine(cfg: UtilityEvalConfig, student: str, adapter: Path | None, cac
     if engine == "auto":
         engine = "llama.cpp" if is_gguf_reference(student) or student.startswith("hf://") else "transformers"
     if engine == "llama.cpp":
-        return LlamaCppEngine(student, adapter=adapter, cache_dir=cache_dir, parallel=cfg.parallel)
+        return LlamaCppEngine(student, adapter=adapter, cache_dir=cache_dir, parallel=cfg.parallel,
+                              chat_template_kwargs=chat_template_kwargs)
     if is_gguf_reference(student):
         from lite_delta.models.student import prepare_student
 
         student = prepare_student(student, cache_dir)
-    engine = TransformersEngine(student, adapter=adapter, cache_dir=cache_dir, batch_size=cfg.batch_size)
+    engine = TransformersEngine(student, adapter=adapter, cache_dir=cache_dir, batch_size=cfg.batch_size,
+                                chat_template_kwargs=chat_template_kwargs)
     if adapter is not None and engine.precision == "fp32":
         # the same function up to rounding, without LoRA's extra small matmuls in every layer (several x slower)
         engine.model = engine.model.merge_and_unload().eval()
@@ -125,8 +129,7 @@ def _open_engine(cfg: UtilityEvalConfig, student: str, adapter: Path | None, cac
 def _prompt_tokens(engine, prompt) -> list[int]:
     if engine.name == "llama.cpp":
         return engine.model.tokenize_prompt(engine.model.render(list(prompt.messages)))
-    text = engine.tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
-    return engine._encode(text)
+    return engine._encode(engine.render_messages(list(prompt.messages)))
 
 
 def utility_eval(
@@ -140,6 +143,7 @@ def utility_eval(
     k: int | None = None,
     cache_dir: Path | None = None,
     label: str | None = None,
+    chat_template_kwargs: dict | None = None,
 ) -> dict:
     """Sample ``samples_per_prompt`` answers per held-out prompt, score them, write ``out/utility.json``.
 
@@ -148,7 +152,7 @@ def utility_eval(
     a GGUF). ``k``: the samples per prompt that pairing ranked (best/worst of k); default
     ``samples_per_prompt``. With more samples than k, best- and worst-of-k are averaged over consecutive
     blocks of k samples. ``cache_dir``: where a GGUF student is converted or an adapter exported once
-    (default ``out/model``).
+    (default ``out/model``). ``chat_template_kwargs``: the student's template variables (e.g. enable_thinking).
     """
     from lite_delta.progress import progress_bar
     from lite_delta.prompts import load_prompts
@@ -162,11 +166,12 @@ def utility_eval(
     out.mkdir(parents=True, exist_ok=True)
     p = cfg.prompts
     prompts, prompt_stats = load_prompts(p.source, column=p.column, split=p.split, n=p.n, sample=p.sample, seed=p.seed)
-    engine = _open_engine(cfg, student, adapter, Path(cache_dir or out / "model"))
+    engine = _open_engine(cfg, student, adapter, Path(cache_dir or out / "model"), chat_template_kwargs)
     settings = {
         **cfg.model_dump(mode="json"),
         **{key: engine.identity[key] for key in ("model", "adapter", "adapter_sha256", "precision",
                                                   "chat_template_sha256", "engine")},
+        **template_kwargs_part(engine.chat_template_kwargs),
         "k": k,
     }
     _check_settings(out, settings)
@@ -312,7 +317,8 @@ def compare_utility(base: dict, tuned: dict, seed: int = 0, n_bootstrap: int = N
         raise LiteDeltaError(f"the base and {' and '.join(runs)} utility runs share no prompt")
     warnings = []
     for name, run in runs.items():
-        for key in ("temperature", "top_p", "max_tokens", "seed", "samples_per_prompt", "prompts", "k"):
+        for key in ("temperature", "top_p", "max_tokens", "seed", "samples_per_prompt", "prompts", "k",
+                    "template_kwargs"):
             if base["settings"].get(key) != run["settings"].get(key):
                 warnings.append(f"{key} differs between base and {name} "
                                 f"({base['settings'].get(key)!r} vs {run['settings'].get(key)!r})")

@@ -34,6 +34,10 @@ def request_sampling(cfg: GenerateConfig) -> dict:
     g, e = cfg.generation, cfg.endpoint
     extra = {"top_k": g.top_k, "min_p": 0.0, "repeat_penalty": 1.0, "repetition_penalty": 1.0} if e.local_sampler else {}
     extra.update(e.extra_body)
+    own = extra.get("chat_template_kwargs")
+    kwargs = {**g.chat_template_kwargs, **(own if isinstance(own, dict) else {})}  # extra_body's win: per teacher
+    if kwargs:  # llama-server and vLLM render the template with these (a key part through this body)
+        extra["chat_template_kwargs"] = kwargs
     body = {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens}
     if g.stop:
         body["stop"] = list(g.stop)

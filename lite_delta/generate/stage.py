@@ -23,7 +23,7 @@ from lite_delta.inference.engine import (
     gpu_offload_available,
     round_up,
 )
-from lite_delta.completions import COMPLETIONS_FILE, CompletionStore, completion_key
+from lite_delta.completions import COMPLETIONS_FILE, CompletionStore, completion_key, template_kwargs_part
 from lite_delta.models.derive import derive_gguf
 from lite_delta.models.refs import model_identity, resolve_model
 from lite_delta.progress import progress_bar
@@ -66,7 +66,8 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
     if cfg.derive:  # a rejected teacher made from this GGUF: requantized once, cached (models/derive.py)
         path, derived = derive_gguf(cfg.model, cfg.derive)
     model_label = f"{cfg.model} derived {derived['quant']}" if derived else cfg.model
-    model = GGUFModel(path, n_gpu_layers=g.n_gpu_layers, chat_template=cfg.chat_template)
+    model = GGUFModel(path, n_gpu_layers=g.n_gpu_layers, chat_template=cfg.chat_template,
+                      chat_template_kwargs=g.chat_template_kwargs)
     identity = model_identity(path)
     params = SamplingParams(
         temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_tokens=g.max_tokens, stop=tuple(g.stop)
@@ -87,9 +88,8 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
         longest = max(longest, len(tokens))
         for k in range(g.samples_per_prompt):
             seed = item_seed(g.seed, prompt.prompt_id, k)
-            key = completion_key(
-                model=identity, template=model.chat_template, prompt=rendered, sampling=sampling, seed=seed
-            )
+            key = completion_key(model=identity, template=model.chat_template, prompt=rendered, sampling=sampling,
+                                 seed=seed, **template_kwargs_part(g.chat_template_kwargs))
             requests.append(Request(key, tokens, seed, payload=(prompt, k)))
 
     store = CompletionStore(out / COMPLETIONS_FILE)

@@ -137,6 +137,7 @@ class GGUFModel:
         *,
         n_gpu_layers: int | None = None,
         chat_template: str | None = None,
+        chat_template_kwargs: dict | None = None,
         verbose: bool = False,
     ):
         from lite_delta.models.refs import check_gguf
@@ -164,6 +165,7 @@ class GGUFModel:
             ) from None
         self.metadata = self.model.metadata()
         self.chat_template = chat_template or self.metadata.get("tokenizer.chat_template")
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})  # e.g. {"enable_thinking": False}
         bos, eos = self.model.token_bos(), self.model.token_eos()
         self.bos_text = self.model.token_get_text(bos) if bos >= 0 else ""
         self.eos_text = self.model.token_get_text(eos) if eos >= 0 else ""
@@ -180,6 +182,7 @@ class GGUFModel:
             with_system(messages, system),
             bos_token=self.bos_text,
             eos_token=self.eos_text,
+            template_kwargs=self.chat_template_kwargs,
             source=self.path.name,
         )
 

@@ -44,15 +44,20 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    template_kwargs: dict | None = None,
     source: str = "the model",
 ) -> str:
-    """Render a conversation with a chat template, as transformers' apply_chat_template does."""
+    """Render a conversation with a chat template, as transformers' apply_chat_template does.
+
+    ``template_kwargs``: more variables for the template (a recipe's chat_template_kwargs, e.g. Qwen3's
+    enable_thinking), as apply_chat_template's extra keyword arguments; they never replace the four above."""
     try:
-        return _compile(template).render(
-            messages=messages,
-            bos_token=bos_token,
-            eos_token=eos_token,
-            add_generation_prompt=add_generation_prompt,
-        )
+        return _compile(template).render({
+            **(template_kwargs or {}),
+            "messages": messages,
+            "bos_token": bos_token,
+            "eos_token": eos_token,
+            "add_generation_prompt": add_generation_prompt,
+        })
     except TemplateError as exc:
         raise LiteDeltaError(f"the chat template of {source} failed to render: {exc}") from None

@@ -125,7 +125,8 @@ def answer(path: Path, items: list, cfg: MeterConfig, k: int, *, label: str, pro
     max_tokens = cfg.max_tokens or g.max_tokens
     params = SamplingParams(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_tokens=max_tokens,
                             stop=tuple(g.stop))
-    model = GGUFModel(path, n_gpu_layers=g.n_gpu_layers, chat_template=cfg.chat_template)
+    model = GGUFModel(path, n_gpu_layers=g.n_gpu_layers, chat_template=cfg.chat_template,
+                      chat_template_kwargs=g.chat_template_kwargs)
     engine = None
     try:
         requests = []

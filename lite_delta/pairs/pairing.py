@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import writable_dir, write_text
-from lite_delta.completions import read_completions
+from lite_delta.completions import read_completions, split_thinking
 from lite_delta.utility_scorers import SCORERS, Scorer, checked_scorer, get_scorer
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ class PairConfig(BaseModel):
     """Keep answers that hit the token limit (finish_reason 'length'); the paper kept none cut off."""
     max_length: int | None = Field(2048, gt=0)
     """Drop a side whose prompt_tokens + completion_tokens exceeds this (the paper trained at 2048); None: no limit."""
+    keep_thinking: bool = False
+    """Keep a leading ``<think>...</think>`` block in the answers. False: pair (and score) the answer after it,
+    counted as ``thinking_stripped`` in stats.json; a block never closed leaves an empty answer (dropped)."""
     out: Path
     """Output dir: pairs.jsonl, dataset/ (HF dataset on disk) and stats.json."""
 
@@ -82,12 +85,14 @@ def make_pairs(cfg: PairConfig) -> Path:
     writable_dir(cfg.out, "--out", create=False)
     scorer = checked_scorer(get_scorer(cfg.scorer), cfg.scorer)
     filters = dict.fromkeys(FILTERS, 0)
+    stripped: dict[str, int] = {}
     if cfg.mode == "by_model":
-        chosen, rejected = _load(cfg.chosen), _load(cfg.rejected)
+        chosen = _answers(_load(cfg.chosen), cfg, stripped, "chosen")
+        rejected = _answers(_load(cfg.rejected), cfg, stripped, "rejected")
         pairs, candidates = _pair_by_model(chosen, rejected, cfg, filters)
         inputs = {"chosen": str(cfg.chosen), "rejected": str(cfg.rejected)}
     else:
-        pairs, candidates = _pair_by_score(_load(cfg.samples), cfg, scorer, filters)
+        pairs, candidates = _pair_by_score(_answers(_load(cfg.samples), cfg, stripped, "samples"), cfg, scorer, filters)
         inputs = {"samples": str(cfg.samples)}
 
     rows = [_row(c, r, scorer) for c, r in pairs]
@@ -96,6 +101,11 @@ def make_pairs(cfg: PairConfig) -> Path:
     write_text(out / PAIRS_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     _save_dataset(rows, out / DATASET_DIR)
     stats = _stats(cfg, inputs, pairs, rows, candidates, filters)
+    if any(stripped.values()):
+        stats["thinking_stripped"] = stripped
+        log.warning("%s answer(s) began with a <think> block: paired on the answer after it (pairing.keep_thinking "
+                    "keeps it); generation.chat_template_kwargs {enable_thinking: false} avoids generating it",
+                    " + ".join(f"{n} {side}" for side, n in stripped.items() if n))
     write_text(out / STATS_FILE, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     if "warning" in stats:
         log.warning(stats["warning"])
@@ -141,6 +151,21 @@ def _load(path: Path) -> list[dict]:
 
 
 # --- pairing ---------------------------------------------------------------------------------------
+
+
+def _answers(records: list[dict], cfg: PairConfig, stripped: dict, side: str) -> list[dict]:
+    """The records with a leading <think> block taken out of each completion, unless cfg.keep_thinking."""
+    stripped[side] = 0
+    if cfg.keep_thinking:
+        return records
+    out = []
+    for record in records:
+        thinking, answer = split_thinking(record["completion"])
+        if thinking is not None:
+            stripped[side] += 1
+            record = {**record, "completion": answer}
+        out.append(record)
+    return out
 
 
 def _too_long(record: dict, cfg: PairConfig) -> bool:
@@ -304,6 +329,7 @@ def _stats(cfg: PairConfig, inputs: dict, pairs: list, rows: list[dict], candida
             "pairs_per_prompt": cfg.pairs_per_prompt,
             "allow_truncated": cfg.allow_truncated,
             "max_length": cfg.max_length,
+            **({"keep_thinking": True} if cfg.keep_thinking else {}),
         },
         "chosen": _side_stats([c for c, _ in pairs]),
         "rejected": _side_stats([r for _, r in pairs]),

@@ -3,6 +3,8 @@
 Pairs cross from the teachers to the student as messages, never as rendered text, so the student's
 own template (from its tokenizer, or the recipe's `chat_template`) renders every training sequence,
 exactly as TRL's DPOTrainer does: prompt with the generation header, prompt + answer without it.
+A row's `chat_template_kwargs` (the train config's, e.g. Qwen3's enable_thinking) go to every rendering,
+ours and TRL's alike.
 """
 
 from __future__ import annotations
@@ -34,33 +36,41 @@ def template_sha(template: str) -> str:
     return hashlib.sha256(template.encode()).hexdigest()[:16]
 
 
+def with_template_kwargs(rows: list[dict], kwargs: dict) -> list[dict]:
+    """Rows carrying the chat template kwargs in TRL's per-row column (no column while there are none)."""
+    return [{**row, "chat_template_kwargs": dict(kwargs)} for row in rows] if kwargs else rows
+
+
 def _ids(encoded) -> list[int]:
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-def render_ids(tokenizer, messages: list[dict], *, generation_prompt: bool = False) -> list[int]:
-    return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True))
+def render_ids(tokenizer, messages: list[dict], *, generation_prompt: bool = False,
+               template_kwargs: dict | None = None) -> list[int]:
+    return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
+                                              **(template_kwargs or {})))
 
 
-def fit_prompt(tokenizer, messages: list[dict], budget: int) -> list[dict] | None:
+def fit_prompt(tokenizer, messages: list[dict], budget: int, template_kwargs: dict | None = None) -> list[dict] | None:
     """The prompt cut to `budget` tokens as rendered: earlier turns go first (a system message stays),
     then the start of the last message, so its end (usually the question) is kept. None if even an
     empty last message does not fit."""
-    if len(render_ids(tokenizer, messages, generation_prompt=True)) <= budget:
+    if len(render_ids(tokenizer, messages, generation_prompt=True, template_kwargs=template_kwargs)) <= budget:
         return messages
     messages = [dict(m) for m in messages]
-    while len(messages) > 1 and len(render_ids(tokenizer, messages, generation_prompt=True)) > budget:
+    while len(messages) > 1 and len(render_ids(tokenizer, messages, generation_prompt=True, template_kwargs=template_kwargs)) > budget:
         first = 1 if messages[0]["role"] == "system" else 0
         if first == len(messages) - 1:
             break
         del messages[first]
     last = messages[-1]
     content = tokenizer.encode(last["content"], add_special_tokens=False)
-    overhead = len(render_ids(tokenizer, messages[:-1] + [{**last, "content": ""}], generation_prompt=True))
+    overhead = len(render_ids(tokenizer, messages[:-1] + [{**last, "content": ""}], generation_prompt=True,
+                              template_kwargs=template_kwargs))
     keep = budget - overhead
     while keep > 0:  # decoding and re-encoding can merge tokens differently: shrink until it fits
         last["content"] = tokenizer.decode(content[-keep:])
-        over = len(render_ids(tokenizer, messages, generation_prompt=True)) - budget
+        over = len(render_ids(tokenizer, messages, generation_prompt=True, template_kwargs=template_kwargs)) - budget
         if over <= 0:
             return messages
         keep -= max(1, over)
@@ -71,7 +81,7 @@ def fit_prompts(rows: list[dict], tokenizer, budget: int) -> tuple[list[dict], i
     """Every prompt within `budget` tokens: (rows, how many were truncated, how many dropped)."""
     kept, truncated, dropped = [], 0, 0
     for row in rows:
-        prompt = fit_prompt(tokenizer, row["prompt"], budget)
+        prompt = fit_prompt(tokenizer, row["prompt"], budget, row.get("chat_template_kwargs"))
         if prompt is None:
             dropped += 1
             continue
@@ -98,7 +108,7 @@ def check_sequences(tokenizer, rows: list[dict], end_ids: set[int]) -> None:
     bos = tokenizer.bos_token_id
     for n, row in enumerate(rows[:CHECKED_ROWS], 1):
         for side in ("chosen", "rejected"):
-            ids = render_ids(tokenizer, row["prompt"] + row[side])
+            ids = render_ids(tokenizer, row["prompt"] + row[side], template_kwargs=row.get("chat_template_kwargs"))
             if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
                 raise LiteDeltaError(
                     f"pair {n}: the student's chat template writes BOS and the tokenizer adds another: "
@@ -120,6 +130,6 @@ def rendered_pair(tokenizer, row: dict) -> str:
     """One pair as the student sees it, special tokens visible."""
     parts = []
     for side in ("chosen", "rejected"):
-        ids = render_ids(tokenizer, row["prompt"] + row[side])
+        ids = render_ids(tokenizer, row["prompt"] + row[side], template_kwargs=row.get("chat_template_kwargs"))
         parts.append(f"===== prompt + {side} ({len(ids)} tokens) =====\n{tokenizer.decode(ids)}")
     return "\n\n".join(parts) + "\n"

@@ -29,7 +29,7 @@ from lite_delta.train.backends import (
     resolve_quantization,
 )
 from lite_delta.train.pairs_io import drop_degenerate, load_pairs, pairs_source
-from lite_delta.train.sequences import check_sequences, end_token_ids, fit_prompts, template_for
+from lite_delta.train.sequences import check_sequences, end_token_ids, fit_prompts, template_for, with_template_kwargs
 from lite_delta.train.stage import run_summary
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,9 @@ console = Console(stderr=True)
 
 def sft_rows(rows: list[dict]) -> list[dict]:
     """Preference rows -> TRL prompt-completion rows holding the chosen answer (loss on it only)."""
-    return [{"prompt": row["prompt"], "completion": row["chosen"]} for row in rows]
+    return [{"prompt": row["prompt"], "completion": row["chosen"],
+             **({"chat_template_kwargs": row["chat_template_kwargs"]} if "chat_template_kwargs" in row else {})}
+            for row in rows]
 
 
 def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | None = None) -> Path:
@@ -56,6 +58,7 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
         import_unsloth()
     out = writable_dir(cfg.out, "--out", create=False)
     rows, degenerate = drop_degenerate(load_pairs(cfg.pairs), pairs_source(cfg.pairs))  # DPO's filters, same rows
+    rows = with_template_kwargs(rows, cfg.chat_template_kwargs)
     capability, device = device_capability()
     precision = resolve_precision(cfg.precision, capability, device)
     quantization = resolve_quantization(cfg.quantization, backend, cuda)

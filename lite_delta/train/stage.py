@@ -38,6 +38,7 @@ from lite_delta.train.sequences import (
     rendered_pair,
     template_for,
     template_sha,
+    with_template_kwargs,
 )
 from lite_delta.models.student import prepare_student
 
@@ -67,6 +68,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if not resume and last_checkpoint(checkpoints):
         raise LiteDeltaError(f"{out} already has checkpoints: pass --resume to continue, or use a new --out")
     rows, degenerate = drop_degenerate(load_pairs(cfg.pairs), pairs_source(cfg.pairs))  # before any weights load
+    rows = with_template_kwargs(rows, cfg.chat_template_kwargs)  # TRL renders each row with them
     capability, device = device_capability()
     precision = resolve_precision(cfg.precision, capability, device)
     quantization = resolve_quantization(cfg.quantization, backend, cuda)
@@ -217,7 +219,8 @@ def run_summary(cfg: TrainConfig, *, student: str, backend: str, device: str, pr
         "precision": precision,
         "quantization": quantization,
         "trainable_dtype": ",".join(trainable_dtypes(model)),
-        "chat_template": {"source": template_source, "sha256": template_sha(template)},
+        "chat_template": {"source": template_source, "sha256": template_sha(template),
+                          **({"kwargs": cfg.chat_template_kwargs} if cfg.chat_template_kwargs else {})},
         "config": cfg.model_dump(mode="json"),
         "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,
                   "prompt_budget_tokens": budget, "degenerate_dropped": degenerate},

@@ -124,7 +124,7 @@ def test_recipe_suite_settings_reach_the_engine_for_base_and_tuned(tmp_path, mon
     suite = recipe.evaluate.suite.model_copy(update=dict(tasks=["gsm8k"], limit=1, data_dir=BENCHDATA, batch_size=3,
                                                          precision="fp16", quantization="nf4"))
     recipe = recipe.model_copy(update={"evaluate": recipe.evaluate.model_copy(update={"suite": suite})})
-    monkeypatch.setattr(pipeline, "eval_student", lambda r, d: ("STUDENT", tmp_path / "adapter", "transformers"))
+    monkeypatch.setattr(pipeline, "eval_student", lambda r, d, engine="auto": ("STUDENT", tmp_path / "adapter", "transformers"))
     monkeypatch.setattr(engines, "TransformersEngine", FakeEngine)
     FakeEngine.opened = []
     pipeline.run_evaluate(recipe, tmp_path / "run")

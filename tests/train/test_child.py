@@ -20,7 +20,9 @@ SMOKE = ["prompts.n=3", "generation.samples_per_prompt=2", "generation.max_token
          "pairing.min_margin=0", "pairing.pairs_per_prompt=1", "train.max_steps=2", "train.batch_size=2",
          "train.grad_accum=1", "train.max_length=256", "train.warmup_ratio=0", "train.backend=unsloth",
          "contrast.sft=true", "evaluate.utility.prompts.n=2", "evaluate.utility.samples_per_prompt=2",
-         "evaluate.utility.max_tokens=16", "evaluate.utility.engine=transformers"]
+         "evaluate.utility.max_tokens=16", "evaluate.utility.engine=transformers",
+         # an HF-folder student: its conversion to GGUF has its own end-to-end run (test_hf_student_run)
+         "student_convert.enabled=false"]
 
 # Methods of transformers' (and TRL's) classes whose code comes from Unsloth's files (its packages, or the
 # unsloth_compiled_cache it writes): what its patches leave behind (on a GPU it replaces the Llama/Qwen2
