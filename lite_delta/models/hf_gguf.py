@@ -152,32 +152,54 @@ def vocabulary(folder: Path, vocab_size: int) -> tuple[str, list[str], list[int]
 
 
 class Weights:
-    """The safetensors tensors of a model folder, read one at a time (index or single file)."""
+    """The safetensors tensors of a model folder (index or single file), read one at a time.
+
+    Only one shard is open (memory-mapped) at a time, and it is closed before the next is opened: pages
+    of a mapped file that has been read count as resident while it stays mapped."""
 
     def __init__(self, folder: Path):
         from safetensors import safe_open
 
         index = folder / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = _read_json(index)["weight_map"]
-            files = sorted(set(weight_map.values()))
+            files = sorted(set(_read_json(index)["weight_map"].values()))
         elif (folder / "model.safetensors").is_file():
             files = ["model.safetensors"]
         else:
             bins = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
             raise LiteDeltaError(f"{folder} has no safetensors weights{' (only ' + ', '.join(bins) + ')' if bins else ''}: "
                                  "lite-delta loads weights as safetensors only (never pickles)")
-        self.handles = {f: safe_open(str(folder / f), framework="pt") for f in files}
-        self.where = {name: f for f, h in self.handles.items() for name in h.keys()}
+        self.folder = folder
+        self.where: dict[str, str] = {}
+        self.meta: dict[str, tuple[tuple[int, ...], str]] = {}
+        for file in files:
+            with safe_open(str(folder / file), framework="pt") as f:
+                for name in f.keys():
+                    piece = f.get_slice(name)
+                    self.where[name] = file
+                    self.meta[name] = (tuple(piece.get_shape()), piece.get_dtype())
+        self._open: tuple[str, object] | None = None
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.handles[self.where[name]].get_slice(name).get_shape())
+        return self.meta[name][0]
 
     def dtype(self, name: str) -> str:
-        return self.handles[self.where[name]].get_slice(name).get_dtype()
+        return self.meta[name][1]
 
     def get(self, name: str):
-        return self.handles[self.where[name]].get_tensor(name)
+        from safetensors import safe_open
+
+        file = self.where[name]
+        if self._open is None or self._open[0] != file:
+            self.close()
+            handle = safe_open(str(self.folder / file), framework="pt")
+            self._open = (file, handle.__enter__())
+        return self._open[1].get_tensor(name)
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open[1].__exit__(None, None, None)
+            self._open = None
 
 
 def _permute(rows, n_head: int):
@@ -309,10 +331,11 @@ def convert_hf_to_gguf(model_dir: str | Path, out_file: str | Path, *, dtype: st
             t = _permute(t, n_head if ".attn_q." in gguf_name else n_kv)
         if kind == "BF16":
             data = t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
-        else:
-            data = t.to(torch.float32).numpy().astype(byte_type[kind][0], copy=False)
-        w.write_tensor_data(np.ascontiguousarray(data))
+        else:  # straight to the target type (round to nearest even, as via float32): one copy, not two
+            data = t.to(torch.float32 if kind == "F32" else torch.float16).contiguous().numpy()
+        w.write_tensor_data(data)
         del t, data
+    weights.close()
     w.close()
     tmp.replace(out_file)
     return out_file

@@ -38,6 +38,9 @@ class StudentShape:
 STUDENT_SHAPES = {
     "tiny": StudentShape(),
     # meta-llama/Llama-3.1-8B's config.json (the shapes; RoPE scaling is left out, it changes no memory)
+    # meta-llama/Llama-3.2-3B's config.json (tied embeddings; RoPE scaling left out)
+    "llama-3.2-3b": StudentShape(vocab=128256, hidden=3072, layers=28, intermediate=8192, heads=24, kv_heads=8,
+                                 head_dim=128, max_position=131072, rope_theta=500000.0, tie_embeddings=True),
     "llama-3.1-8b": StudentShape(vocab=128256, hidden=4096, layers=32, intermediate=14336, heads=32, kv_heads=8,
                                  head_dim=128, max_position=131072, rope_theta=500000.0),
 }
