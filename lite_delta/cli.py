@@ -29,12 +29,13 @@ def run(
     recipe: Optional[Path] = typer.Argument(None, help="recipe YAML; the offline demo when omitted"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="runs are written to RUNS_DIR/NAME"),
     from_stage: Optional[str] = typer.Option(None, "--from", help="rerun from this stage: meter, generate, pair, "
-                                             "train, sft, export, evaluate, report"),
+                                             "train, sft, convert, export, evaluate, report"),
     until_stage: Optional[str] = typer.Option(None, "--until", help="stop after this stage"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (models, sizes, steps, VRAM, ETA) only"),
     overrides: list[str] = typer.Option([], "--set", help="override a recipe field: KEY=VALUE, e.g. train.max_steps=20"),
 ) -> None:
-    """Run a recipe end to end into runs/NAME: (meter ->) generate -> pair -> train -> (sft ->) export -> evaluate -> report.
+    """Run a recipe end to end into runs/NAME: (meter ->) generate -> pair -> train -> (sft ->) (convert ->) export ->
+    evaluate -> report.
 
     Finished stages are skipped, an interrupted one resumes, and a changed setting reruns its stage
     and the ones after it (see runs/NAME/manifest.json)."""
@@ -177,6 +178,30 @@ def train(
     path = run_training(cfg, resume=resume)
     if process_rank() == 0:  # under `accelerate launch -m lite_delta train`, said once
         console.print(f"[green]done[/green]: {path / 'adapter'}")
+
+
+@app.command("convert")
+def convert_(
+    model: str = typer.Argument(..., help="transformers model: a Hub id (ORG/NAME) or a local model folder"),
+    out: Path = typer.Option(..., help="the GGUF to write, e.g. qwen2.5-3b-instruct-bf16.gguf"),
+    dtype: str = typer.Option("auto", help="auto (the checkpoint's own 16-bit type), f16, bf16 or f32"),
+    quant: Optional[str] = typer.Option(None, help="also write OUT quantized by llama.cpp (Q4_K_M, Q8_0, ...) "
+                                        "beside it"),
+) -> None:
+    """Convert a transformers model (llama, qwen2, qwen3) to a GGUF that llama.cpp, Ollama and LM Studio run."""
+    from lite_delta.models.hf_gguf import DTYPES, convert_hf_to_gguf, local_model_folder
+    from lite_delta.models.merge_gguf import check_quant, quantize_gguf
+
+    if dtype not in DTYPES:
+        raise LiteDeltaError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    quant = check_quant(quant) if quant else None
+    if out.suffix.lower() != ".gguf":
+        raise LiteDeltaError(f"--out {out}: name the file to write, ending in .gguf")
+    path = convert_hf_to_gguf(local_model_folder(model), out, dtype=dtype, name=model.strip("/").split("/")[-1])
+    console.print(f"[green]wrote[/green] {path} ({path.stat().st_size / 2**30:.2f} GiB)")
+    if quant:
+        quantized = quantize_gguf(path, path.with_name(f"{path.stem}-{quant}.gguf"), quant)
+        console.print(f"[green]wrote[/green] {quantized} ({quantized.stat().st_size / 2**30:.2f} GiB)")
 
 
 @app.command("export")

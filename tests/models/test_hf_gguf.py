@@ -311,3 +311,30 @@ def test_bad_models_get_one_clear_error(tiny_hf, tmp_path, case, message):
         hf_gguf.convert_hf_to_gguf(folder, tmp_path / "out.gguf")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out.gguf").exists() and not (tmp_path / "out.gguf.tmp").exists()
+
+
+def test_convert_command_writes_the_gguf_and_its_quant(tiny_hf, tmp_path):
+    import llama_cpp
+
+    from lite_delta.cli import main
+
+    out = tmp_path / "qwen3-f16.gguf"
+    main(["convert", str(tiny_hf("qwen3")), "--out", str(out), "--dtype", "f16", "--quant", "Q8_0"])
+    for path in (out, tmp_path / "qwen3-f16-Q8_0.gguf"):
+        llm = llama_cpp.Llama(str(path), n_ctx=64, verbose=False)
+        assert len(llm.tokenize(b"Hello")) > 0
+        llm.close()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dtype", "f8"], "--dtype must be one of"),
+    (["--quant", "Q9"], "unknown quant"),
+])
+def test_convert_command_refuses_bad_options_in_one_line(tiny_hf, tmp_path, capsys, args, message):
+    from lite_delta.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", str(tiny_hf("qwen3")), "--out", str(tmp_path / "x.gguf"), *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
