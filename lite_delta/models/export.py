@@ -1,17 +1,21 @@
 """`lite-delta export`: a trained PEFT LoRA adapter -> files llama.cpp and Ollama run.
 
 OUT/adapter.gguf (GGUF LoRA adapter for the base GGUF, `lora_gguf`), OUT/merged-f16.gguf and
-OUT/merged-Q4_K_M.gguf (the adapter folded into the base, then quantized, `merge_gguf`), a Modelfile
-per model and a README.md with the exact ollama / llama-cli / llama-server commands, and the base
-and tuned answers to one held-out prompt through llama.cpp, all listed in OUT/export.json.
+OUT/merged-Q4_K_M.gguf (the adapter folded into the base, then quantized, `merge_gguf`), the base GGUF
+itself (hard-linked, or copied across filesystems: every path is relative, so the folder can be moved
+or shared), a Modelfile per model with the GGUF's own prompt format (`modelfile`) and a README.md with
+the exact ollama / llama-cli / llama-server commands, and the base and tuned answers to one held-out
+prompt through llama.cpp, all listed in OUT/export.json.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,7 @@ from lite_delta.models.lora_gguf import (
     read_peft_lora,
 )
 from lite_delta.models.merge_gguf import check_quant, merge_to_gguf
+from lite_delta.models.modelfile import modelfile_text, ollama_chat
 from lite_delta.models.refs import model_identity, resolve_model
 
 __all__ = ["export", "export_adapter", "merge_to_gguf", "write_handoff", "sample_answers", "check_same_base"]
@@ -40,28 +45,49 @@ DEFAULT_PROMPT = "How do I get better at public speaking?"  # from the demo's he
 def export(peft_dir: str | Path, base_ref: str, out_dir: str | Path, *, quant: str = "Q4_K_M", merge: bool = True,
            adapter_dtype: str = "f32", merged_dtype: str = "f16", prompt: str | None = DEFAULT_PROMPT,
            max_tokens: int = 96, name: str | None = None) -> dict:
-    """Everything `lite-delta export` writes; returns (and saves as OUT/export.json) what went where."""
+    """Everything `lite-delta export` writes; saves what went where as OUT/export.json (file names,
+    relative to OUT) and returns the same with absolute paths."""
     quant = check_quant(quant)
-    base_path = resolve_model(base_ref)
-    lora, base = read_peft_lora(peft_dir), read_base_gguf(base_path)
+    source = resolve_model(base_ref)
+    lora, base = read_peft_lora(peft_dir), read_base_gguf(source)
     gguf_lora_pairs(lora, base)  # names, shapes, architecture: fail before writing anything
     base_check = check_same_base(lora, base)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    base_path, placed = place_base(source, out_dir)
     adapter = export_adapter(peft_dir, base_path, out_dir / "adapter.gguf", dtype=adapter_dtype)
     merged = merge_to_gguf(peft_dir, base_path, out_dir, quant=quant, dtype=merged_dtype) if merge else {}
     sample = None
     if prompt:
         sample = sample_answers(base_path, adapter, prompt, merged=merged.get("quantized"), max_tokens=max_tokens)
-    readme = write_handoff(out_dir, base_path, adapter, merged.get("quantized"), sample=sample, name=name)
-    result = {
-        "base": str(base_path), "architecture": base.arch, "base_check": base_check, "adapter": str(adapter),
-        "merged_unquantized": str(merged["unquantized"]) if merged else None,
-        "merged": str(merged["quantized"]) if merged else None, "quant": quant if merged else None,
-        "modelfile": str(out_dir / "Modelfile"), "readme": str(readme), "sample": sample,
-    }
-    write_json(out_dir / "export.json", result)
-    return result
+    readme = write_handoff(out_dir, base_path, adapter, merged.get("quantized"), sample=sample, name=name,
+                           placed=placed)
+    files = {"base": base_path, "adapter": adapter, "merged_unquantized": merged.get("unquantized"),
+             "merged": merged.get("quantized"), "modelfile": out_dir / "Modelfile", "readme": readme}
+    record = {key: path.name if path else None for key, path in files.items()}
+    record.update({"base_placed": placed, "base_identity": model_identity(base_path), "architecture": base.arch,
+                   "base_check": base_check, "quant": quant if merge else None, "sample": sample})
+    write_json(out_dir / "export.json", record)
+    return {**record, **{key: str(path.resolve()) if path else None for key, path in files.items()}}
+
+
+def place_base(base_gguf: Path, out_dir: Path) -> tuple[Path, str]:
+    """The base GGUF inside the export folder, so the Modelfile's FROM is relative: a hard link where
+    base and folder share a filesystem (no extra space), else a copy. Returns (path, "hardlink" | "copy")."""
+    name = base_gguf.name if not base_gguf.name.startswith(("adapter", "merged-")) else f"base-{base_gguf.name}"
+    dest = out_dir / name
+    if dest.exists() and dest.samefile(base_gguf):
+        return dest, "hardlink" if dest.resolve() != base_gguf.resolve() else "in place"
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(base_gguf.resolve(), tmp)
+        how = "hardlink"
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copyfile(base_gguf, tmp)
+        how = "copy"
+    tmp.replace(dest)
+    return dest, how
 
 
 def check_same_base(lora: PeftLora, base: BaseGGUF) -> str:
@@ -152,30 +178,51 @@ def sample_answers(base_gguf: str | Path, adapter_gguf: str | Path, prompt: str,
 
 
 def write_handoff(export_dir: str | Path, base_gguf: str | Path, adapter_gguf: str | Path,
-                  merged_gguf: str | Path | None = None, *, sample: dict | None = None, name: str | None = None) -> Path:
-    """Modelfile (base + ADAPTER), Modelfile.merged and README.md with the commands; returns the README."""
+                  merged_gguf: str | Path | None = None, *, sample: dict | None = None, name: str | None = None,
+                  placed: str = "hardlink") -> Path:
+    """Modelfile (base + ADAPTER), Modelfile.merged and README.md with the commands; returns the README.
+
+    The base, adapter and merged GGUFs are in `export_dir`: every path written is relative to it."""
     export_dir = Path(export_dir)
-    base = Path(base_gguf).resolve()
-    adapter = Path(adapter_gguf)
+    base, adapter = Path(base_gguf), Path(adapter_gguf)
+    for path in (base, adapter, *([Path(merged_gguf)] if merged_gguf else [])):
+        if path.resolve().parent != export_dir.resolve():
+            raise LiteDeltaError(f"{path} is not in the export folder {export_dir}: the Modelfile paths are relative")
     name = name or _ollama_name(export_dir.resolve().name)
     q = shlex.quote
-    write_text(export_dir / "Modelfile", f"FROM {base}\nADAPTER ./{adapter.name}\n")
+    chat = ollama_chat(base)
+    identity = model_identity(base)
+    write_text(export_dir / "Modelfile", modelfile_text(f"./{base.name}", chat, adapter=f"./{adapter.name}"))
     lines = [
         f"# {name}: the tuned model, exported by lite-delta",
         "",
-        f"- `{adapter.name}`: GGUF LoRA adapter for `{base}` (llama.cpp and Ollama apply it on the base at run time)",
+        f"Base model: `{base.name}` ({identity['size']} bytes, lite-delta identity sha256 of its first and last MiB "
+        f"`{identity['sha256_head_tail']}`), {_PLACED.get(placed, 'in')} this folder.",
+        "",
+        f"- `{adapter.name}`: GGUF LoRA adapter for `{base.name}` (llama.cpp and Ollama apply it on the base at run "
+        "time)",
+        f"- `{base.name}`: the base model the adapter was trained on",
     ]
     if merged_gguf is not None:
         merged = Path(merged_gguf)
-        write_text(export_dir / "Modelfile.merged", f"FROM ./{merged.name}\n")
+        write_text(export_dir / "Modelfile.merged", modelfile_text(f"./{merged.name}", chat))
         lines.append(f"- `{merged.name}`: the adapter merged into the base's weights, quantized by llama.cpp")
     lines += [
         "- `Modelfile`" + (", `Modelfile.merged`" if merged_gguf is not None else "") + ": for `ollama create`",
         "",
-        "Run these from this folder.",
+        "Every path is relative: run these from this folder (which can be moved or copied whole).",
         "",
         "## Ollama",
         "",
+    ]
+    if chat.template is not None:
+        lines += [f"The Modelfiles carry the prompt format of the GGUF's chat template ({chat.layout}"
+                  + (", with its default system prompt as SYSTEM" if chat.system else "")
+                  + ") and its end-of-turn tokens as stop words.", ""]
+    else:
+        lines += [f"The Modelfiles carry no TEMPLATE: {chat.note}. Ollama then picks a prompt format itself; "
+                  "check `ollama show --template` against the model's chat template.", ""]
+    lines += [
         "```sh",
         f"ollama create {name} -f Modelfile",
         f"ollama run {name}",
@@ -188,8 +235,8 @@ def write_handoff(export_dir: str | Path, base_gguf: str | Path, adapter_gguf: s
         "## llama.cpp",
         "",
         "```sh",
-        f"llama-cli -m {q(str(base))} --lora {q(adapter.name)}",
-        f"llama-server -m {q(str(base))} --lora {q(adapter.name)} --port 8080",
+        f"llama-cli -m {q(base.name)} --lora {q(adapter.name)}",
+        f"llama-server -m {q(base.name)} --lora {q(adapter.name)} --port 8080",
     ]
     if merged_gguf is not None:
         lines += [f"llama-cli -m {q(Path(merged_gguf).name)}", f"llama-server -m {q(Path(merged_gguf).name)} --port 8080"]
@@ -207,7 +254,7 @@ def write_handoff(export_dir: str | Path, base_gguf: str | Path, adapter_gguf: s
         "",
         "```python",
         "from llama_cpp import Llama",
-        f"llm = Llama(model_path={str(base)!r}, lora_path={adapter.name!r})",
+        f"llm = Llama(model_path={base.name!r}, lora_path={adapter.name!r})",
         "print(llm.create_chat_completion([{\"role\": \"user\", \"content\": \"Hello!\"}])[\"choices\"][0][\"message\"][\"content\"])",
         "```",
     ]
@@ -219,6 +266,9 @@ def write_handoff(export_dir: str | Path, base_gguf: str | Path, adapter_gguf: s
     readme = export_dir / "README.md"
     write_text(readme, "\n".join(lines).rstrip() + "\n")
     return readme
+
+
+_PLACED = {"hardlink": "hard-linked into", "copy": "copied into"}
 
 
 def _ollama_name(folder: str) -> str:

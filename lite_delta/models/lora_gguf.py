@@ -6,8 +6,9 @@ The file llama.cpp wants: `general.type` adapter, `adapter.type` lora, `adapter.
 `alpha / r`, r read from each tensor, so any other scale (rsLoRA's alpha/sqrt(r), per-module
 alpha or rank patterns) is folded into lora_b. llama.cpp's HF converter stores a llama model's
 q/k weights with their rows permuted (its rotary layout), so the rows of q/k lora_b are permuted
-the same way; qwen2 has no such permutation. DoRA, `modules_to_save`, LoRA biases and embedding
-LoRA have no GGUF form and are refused.
+the same way; qwen2 and qwen3 have no such permutation (qwen3's q/k norms are not LoRA targets).
+DoRA, `modules_to_save`, LoRA biases and embedding LoRA have no GGUF form and are refused. The
+adapter names its base GGUF (general.base_model.*, and the file's name, size and identity).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import numpy as np
 from lite_delta.errors import LiteDeltaError
 
 # GGUF architecture -> whether llama.cpp's converter permutes the rows of attn_q / attn_k.
-ARCHITECTURES = {"llama": True, "qwen2": False}
+ARCHITECTURES = {"llama": True, "qwen2": False, "qwen3": False}
 # transformers model_type -> the GGUF architecture llama.cpp converts it to.
-HF_TO_GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+HF_TO_GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 ADAPTER_DTYPES = ("f32", "f16", "bf16")
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])\.weight$")
@@ -213,8 +214,9 @@ def check_architecture(lora: PeftLora, base: BaseGGUF) -> None:
         )
 
 
-def write_lora_gguf(path: str | Path, arch: str, alpha: float, pairs: dict, *, dtype: str = "f32") -> Path:
-    """Write {gguf name: (A, B)} as a GGUF LoRA adapter for `arch`."""
+def write_lora_gguf(path: str | Path, arch: str, alpha: float, pairs: dict, *, dtype: str = "f32",
+                    provenance: dict | None = None) -> Path:
+    """Write {gguf name: (A, B)} as a GGUF LoRA adapter for `arch`; `provenance` (base_provenance) names the base."""
     import gguf
 
     if dtype not in ADAPTER_DTYPES:
@@ -224,23 +226,56 @@ def write_lora_gguf(path: str | Path, arch: str, alpha: float, pairs: dict, *, d
     tmp = path.with_name(path.name + ".tmp")
     w = gguf.GGUFWriter(str(tmp), arch=arch)
     w.add_type(gguf.GGUFType.ADAPTER)
+    for key, value in (provenance or {}).items():
+        w.add_uint64(key, value) if isinstance(value, int) else w.add_string(key, value)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+             "bf16": gguf.GGMLQuantizationType.BF16}[dtype]
     for name, (a, b) in pairs.items():
         for suffix, array in ((".lora_a", a), (".lora_b", b)):
-            if dtype == "f16":
-                w.add_tensor(name + suffix, array.astype(np.float16))
-            elif dtype == "bf16":
-                raw = gguf.quants.quantize(array, gguf.GGMLQuantizationType.BF16)
-                w.add_tensor(name + suffix, raw, raw_shape=array.shape, raw_dtype=gguf.GGMLQuantizationType.BF16)
-            else:
-                w.add_tensor(name + suffix, array)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+            # as llama.cpp's converter does: a uint8 result (BF16) carries its byte shape, which the
+            # writer turns back into the element shape itself (no raw_shape: that would be taken as bytes)
+            w.add_tensor(name + suffix, gguf.quants.quantize(np.asarray(array, dtype=np.float32), qtype),
+                         raw_dtype=qtype)
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    except BaseException:
+        w.close()
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     return path
+
+
+def base_provenance(base: BaseGGUF) -> dict:
+    """general.base_model.* keys naming the base GGUF: its own name/organization/repo, and its file's
+    name, size and lite-delta identity (sha256 of the first and last MiB, `refs.model_identity`)."""
+    from gguf import GGUFReader, Keys
+
+    from lite_delta.models.refs import model_identity
+
+    fields = GGUFReader(str(base.path)).fields
+
+    def value(key: str):
+        f = fields.get(key)
+        return f.contents() if f is not None else None
+
+    identity = model_identity(base.path)
+    out = {Keys.General.NAME: f"{value(Keys.General.NAME) or base.path.stem} LoRA adapter (lite-delta)",
+           Keys.General.BASE_MODEL_COUNT: 1,
+           Keys.General.BASE_MODEL_NAME.format(id=0): value(Keys.General.NAME) or base.path.stem}
+    for ours, theirs in ((Keys.General.BASE_MODEL_ORGANIZATION, Keys.General.ORGANIZATION),
+                         (Keys.General.BASE_MODEL_REPO_URL, Keys.General.REPO_URL),
+                         (Keys.General.BASE_MODEL_URL, Keys.General.URL)):
+        if value(theirs):
+            out[ours.format(id=0)] = value(theirs)
+    out.update({"lite_delta.base.file": identity["name"], "lite_delta.base.size": identity["size"],
+                "lite_delta.base.sha256_head_tail": identity["sha256_head_tail"]})
+    return out
 
 
 def check_adapter_loads(base_gguf: str | Path, adapter_gguf: str | Path) -> None:
@@ -256,11 +291,16 @@ def check_adapter_loads(base_gguf: str | Path, adapter_gguf: str | Path) -> None
 
 def export_adapter(peft_dir: str | Path, base_gguf: str | Path, out_file: str | Path, *, dtype: str = "f32",
                    verify: bool = True) -> Path:
-    """PEFT LoRA folder -> GGUF LoRA adapter for `base_gguf`; `verify` loads it with llama.cpp once."""
+    """PEFT LoRA folder -> GGUF LoRA adapter for `base_gguf`; `verify` loads it with llama.cpp once and
+    deletes the file if llama.cpp refuses it (no file is better than one that does not load)."""
     lora = read_peft_lora(peft_dir)
     base = read_base_gguf(base_gguf)
     alpha, pairs = gguf_lora_pairs(lora, base)
-    path = write_lora_gguf(out_file, base.arch, alpha, pairs, dtype=dtype)
+    path = write_lora_gguf(out_file, base.arch, alpha, pairs, dtype=dtype, provenance=base_provenance(base))
     if verify:
-        check_adapter_loads(base.path, path)
+        try:
+            check_adapter_loads(base.path, path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
     return path

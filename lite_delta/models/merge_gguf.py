@@ -1,11 +1,12 @@
 """A LoRA adapter folded into the base GGUF's own tensors, then quantized by llama.cpp's quantizer.
 
-Every base tensor is dequantized (`gguf.quants.dequantize`), the adapted ones get
-`alpha / r * B @ A` added in the GGUF's layout (for llama, q/k rows permuted as the base's are),
-and the file is written tensor by tensor (memory stays at one tensor) with every metadata key of
-the base, tokenizer and chat template included: an F16 (or F32) GGUF of the tuned model. Vectors
-(norms, biases) stay F32, as llama.cpp's converter keeps them. `llama_model_quantize` then makes
-the quant the user asked for (default Q4_K_M); llama.cpp picks per-tensor types itself.
+As llama.cpp's `llama-export-lora` does: each adapted tensor is dequantized (`gguf.quants.dequantize`),
+gets `alpha / r * B @ A` added in the GGUF's layout (for llama, q/k rows permuted as the base's are)
+and is written as F16 (or F32; an F32 base tensor stays F32); every tensor the adapter does not
+touch is copied as it is, same type and bytes (a Q8_0 token_embd stays Q8_0, not rounded to F16).
+The file is written tensor by tensor (memory stays at one tensor) with every metadata key of the
+base, tokenizer and chat template included. `llama_model_quantize` then makes the quant the user
+asked for (default Q4_K_M); llama.cpp picks per-tensor types itself.
 """
 
 from __future__ import annotations
@@ -53,8 +54,11 @@ def write_merged(lora: PeftLora, base: BaseGGUF, out_file: Path, *, dtype: str =
 
 
 def write_float_gguf(base: BaseGGUF, out_file: str | Path, *, dtype: str = "f16", alpha: float = 0.0,
-                     pairs: dict | None = None) -> Path:
-    """The base dequantized to F16/F32, plus alpha / r * B @ A on each tensor in `pairs` (none: a plain copy)."""
+                     pairs: dict | None = None, copy_untouched: bool = True) -> Path:
+    """The base plus alpha / r * B @ A on each tensor in `pairs`, those written as F16/F32.
+
+    Untouched tensors are copied as they are; `copy_untouched=False` dequantizes them to `dtype` too
+    (vectors stay F32): with no pairs, the base's own weights as a float GGUF."""
     import gguf
 
     pairs = pairs or {}
@@ -65,22 +69,34 @@ def write_float_gguf(base: BaseGGUF, out_file: str | Path, *, dtype: str = "f16"
     w = gguf.GGUFWriter(str(tmp), arch=base.arch)
     copy_metadata(reader, w)
     w.add_file_type(file_type)
-    kinds = []
+    plan = []
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape))
-        kind = np.float32 if len(shape) == 1 else float_type
-        kinds.append((t, shape, kind))
+        if copy_untouched and t.name not in pairs:
+            plan.append((t, shape, None))
+            w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, raw_dtype=t.tensor_type)
+            continue
+        kind = np.float32 if len(shape) == 1 or t.tensor_type == gguf.GGMLQuantizationType.F32 else float_type
+        plan.append((t, shape, kind))
         w.add_tensor_info(t.name, shape, np.dtype(kind), int(np.prod(shape)) * np.dtype(kind).itemsize)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    for t, shape, kind in kinds:
-        weight = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)
-        if t.name in pairs:
-            a, b = pairs[t.name]
-            weight = weight + np.float32(alpha / a.shape[0]) * (b @ a)
-        w.write_tensor_data(np.ascontiguousarray(weight, dtype=kind))
-    w.close()
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for t, shape, kind in plan:
+            if kind is None:
+                w.write_tensor_data(t.data)
+                continue
+            weight = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)
+            if t.name in pairs:
+                a, b = pairs[t.name]
+                weight = weight + np.float32(alpha / a.shape[0]) * (b @ a)
+            w.write_tensor_data(np.ascontiguousarray(weight, dtype=kind))
+        w.close()
+    except BaseException:
+        w.close()
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(out_file)
     return out_file
 
