@@ -18,7 +18,6 @@ from rich.table import Table
 
 from lite_delta.config import DerivedTeacher, EndpointTeacher, Recipe
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import lite_delta_cache
 
 GIB = 1024**3
 # Bits per weight of the llama.cpp quants an evaluation copy is likely made in (block scales included).
@@ -241,6 +240,7 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
 def print_conversion(recipe: Recipe, console: Console) -> dict:
     """The convert stage (a transformers student as a GGUF), the evaluation engine and the export, as planned."""
     from lite_delta.models.hf_gguf import CONVERT_BYTES_PER_S, conversion_estimate
+    from lite_delta.models.hf_gguf import cache_root as converted_cache
     from lite_delta.pipeline import convert_settings, exports, student_config_folder, student_conversion
 
     conversion = student_conversion(recipe)
@@ -265,7 +265,7 @@ def print_conversion(recipe: Recipe, console: Console) -> dict:
         estimate["architecture"] = estimate.get("architecture") or published[0]
     if size is not None and not seconds:
         seconds = size / CONVERT_BYTES_PER_S
-    where = lite_delta_cache() / "converted"
+    where = converted_cache()
     arch = conversion.architecture or estimate.get("architecture") or "architecture unknown until config.json is here"
     console.print(f"convert: {recipe.student} → GGUF ({arch}; {settings['dtype']}): "
                   + (f"~{size / GIB:.1f} GiB ({how})" if size else "size unknown offline")

@@ -19,6 +19,17 @@ def lite_delta_cache() -> Path:
     return Path(os.environ.get("LITE_DELTA_CACHE") or Path.home() / ".cache" / "lite-delta")
 
 
+def cache_folder(cache_dir: str | Path | None, name: str, what: str) -> Path:
+    """`cache_dir`, else $LITE_DELTA_CACHE/NAME, created; one LiteDeltaError naming `what` if it cannot be."""
+    folder = Path(cache_dir) if cache_dir is not None else lite_delta_cache() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LiteDeltaError(f"cannot create the {what} cache {folder}: {exc.strerror or exc} "
+                             "(set LITE_DELTA_CACHE to a writable folder)") from None
+    return folder
+
+
 def writable_dir(path: str | Path, option: str, *, create: bool = True) -> Path:
     """``path`` as a folder this process can write, created (with its parents) unless ``create`` is
     false; otherwise one LiteDeltaError naming ``option`` and the path. Writing is tried, not

@@ -407,12 +407,11 @@ def run_sft(recipe: Recipe, run_dir: Path) -> list[Path]:
 def run_convert(recipe: Recipe, run_dir: Path) -> list[Path]:
     """The transformers student as a GGUF (models/hf_gguf.py) and, for llama.cpp evaluation, its eval_quant copy:
     both made once and cached by identity in $LITE_DELTA_CACHE/converted; convert/convert.json says where."""
-    from lite_delta.files import lite_delta_cache
     from lite_delta.models.derive import derive_gguf
-    from lite_delta.models.hf_gguf import student_gguf
+    from lite_delta.models.hf_gguf import cache_root, student_gguf
 
     settings = convert_settings(recipe)
-    cache = lite_delta_cache() / "converted"
+    cache = cache_root()
     console.print(f"[bold]convert[/bold] {recipe.student} → GGUF ({settings['dtype']}), cached in {cache}")
     gguf, provenance = student_gguf(recipe.student, dtype=settings["dtype"], cache_dir=cache)
     console.print(f"{'reused' if provenance.get('reused') else 'converted'}: {gguf}")

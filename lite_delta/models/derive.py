@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import lite_delta_cache, write_json
+from lite_delta.files import cache_folder, write_json
 from lite_delta.models.merge_gguf import QUANTS, check_quant, quantize_gguf
 from lite_delta.models.refs import model_identity, resolve_model
 
@@ -30,10 +30,6 @@ from lite_delta.models.refs import model_identity, resolve_model
 UNQUANTIZED_FILE_TYPES = {0: "F32", 1: "F16", 32: "BF16"}
 LOSSY_NOTE = ("the source is already quantized: requantizing adds a second rounding on top of the first "
               "(lossy; an F16/BF16 source gives a cleaner derived teacher)")
-
-
-def cache_root() -> Path:
-    return lite_delta_cache() / "derived"
 
 
 def check_derive(quant: str, field: str = "teachers.rejected.derive") -> str:
@@ -66,12 +62,7 @@ def derive_gguf(source_ref: str, quant: str, *, cache_dir: str | Path | None = N
     quant = check_derive(quant)
     source = resolve_model(source_ref)
     identity = model_identity(source)
-    folder = Path(cache_dir) if cache_dir is not None else cache_root()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LiteDeltaError(f"cannot create the derived-model cache {folder}: {exc.strerror or exc} "
-                             "(set LITE_DELTA_CACHE to a writable folder)") from None
+    folder = cache_folder(cache_dir, "derived", "derived-model")
     path = folder / f"{source.stem}.{identity['sha256_head_tail'][:16]}.{quant}.gguf"
     record = path.with_name(path.name + ".json")
     source_type = source_file_type(source)

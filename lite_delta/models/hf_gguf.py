@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import lite_delta_cache, write_json
+from lite_delta.files import cache_folder, lite_delta_cache, write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 PERMUTES_QK = {"llama"}  # llama.cpp's llama graph expects q/k rows in its own rotary order
 DTYPES = ("auto", "f16", "bf16", "f32")
 FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32}  # general.file_type (llama_ftype)
-CONVERT_BYTES_PER_S = 150e6  # rough, for the dry run: measured ~0.2-0.3 GB/s on a 2-core EPYC (README)
+CONVERT_BYTES_PER_S = 150e6  # for the dry run; measured 0.22 (F16) and 0.32 GB/s (BF16) on a 2-core EPYC (README)
 
 # llama.cpp's pre-tokenizer for each published byte-level pre-tokenizer definition (tokenizer.json).
 # A regex split followed by a byte-level step without its own regex:
@@ -343,6 +343,7 @@ def convert_hf_to_gguf(model_dir: str | Path, out_file: str | Path, *, dtype: st
 
 # --- the student's GGUF, converted once and cached -------------------------------------------------
 
+CACHE_NAME = "converted"  # $LITE_DELTA_CACHE/converted
 CONVERT_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
 
@@ -421,7 +422,7 @@ def conversion_estimate(ref: str, dtype: str = "auto") -> dict:
 
 
 def cache_root() -> Path:
-    return lite_delta_cache() / "converted"
+    return lite_delta_cache() / CACHE_NAME
 
 
 def student_gguf(ref: str, *, dtype: str = "auto", cache_dir: str | Path | None = None) -> tuple[Path, dict]:
@@ -431,12 +432,7 @@ def student_gguf(ref: str, *, dtype: str = "auto", cache_dir: str | Path | None 
     config = _read_json(folder / "config.json")
     model_architecture(config, f"{ref}: config.json")
     identity = model_folder_identity(folder)
-    root = Path(cache_dir) if cache_dir is not None else cache_root()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LiteDeltaError(f"cannot create the converted-model cache {root}: {exc.strerror or exc} "
-                             "(set LITE_DELTA_CACHE to a writable folder)") from None
+    root = cache_folder(cache_dir, CACHE_NAME, "converted-model")
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", ref.strip("/").split("/")[-1]) or "student"
     path = root / f"{stem}.{identity['sha256'][:16]}.{dtype}.gguf"
     record = path.with_name(path.name + ".json")
