@@ -265,7 +265,8 @@ class ContrastConfig(Strict):
 
 
 class Recipe(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,100}$", description="the run's folder under --runs-dir: "
+                      "letters, digits, '.', '_', '-', at most 100 characters, not '.' or '..'")
     prompts: PromptsConfig
     teachers: TeachersConfig
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
@@ -280,6 +281,13 @@ class Recipe(Strict):
     contrast: ContrastConfig = Field(default_factory=ContrastConfig)
     meter: MeterSettings = Field(default_factory=MeterSettings)
     evaluate: EvaluateConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _a_folder_inside_runs(cls, name: str) -> str:
+        if set(name) == {"."}:
+            raise ValueError(f"{name!r} is not a folder name inside --runs-dir: use letters, digits, '_' or '-' too")
+        return name
 
     def student_gguf_ref(self) -> str | None:
         """The student as a GGUF llama.cpp loads: the student itself, or `student_gguf`."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -582,6 +583,8 @@ def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs", overri
     recipe = load_recipe(recipe_path, overrides)
     writable_dir(runs_dir, "--runs-dir", create=not dry_run)
     run_dir = Path(runs_dir) / recipe.name
+    if Path(os.path.normpath(run_dir)).parent != Path(os.path.normpath(runs_dir)):  # never outside --runs-dir
+        raise LiteDeltaError(f"recipe name {recipe.name!r} does not name a folder inside {runs_dir}")
     manifest = Manifest.load(run_dir)
     if not dry_run:
         fetch_student_config(recipe)

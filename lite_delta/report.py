@@ -244,12 +244,33 @@ def write_report(recipe: Recipe, run_dir: Path) -> list[Path]:
     return [run_dir / "report.md", run_dir / "report.html"]
 
 
+SAFE_SCHEMES = ("", "http", "https", "mailto")  # link and image targets a report may carry (figures: relative)
+
+
 def to_html(md: str, title: str) -> str:
+    """The report as HTML, where everything a model or a prompt file wrote stays text: raw HTML in the
+    Markdown is escaped, not passed through, and links or images with any other scheme (javascript:,
+    data:, ...) lose their target."""
     import html
+    import re
 
     import markdown
+    from markdown.treeprocessors import Treeprocessor
 
-    body = markdown.markdown(md, extensions=["tables"])
+    class DropUnsafeTargets(Treeprocessor):
+        def run(self, root):
+            for element in root.iter():
+                for attribute in ("href", "src"):
+                    target = re.sub(r"[\x00-\x20]", "", element.get(attribute) or "").lower()
+                    scheme = target.split(":", 1)[0] if re.match(r"^[a-z][a-z0-9+.-]*:", target) else ""
+                    if element.get(attribute) is not None and scheme not in SAFE_SCHEMES:
+                        del element.attrib[attribute]
+
+    converter = markdown.Markdown(extensions=["tables"])
+    converter.preprocessors.deregister("html_block")  # raw HTML blocks become escaped text
+    converter.inlinePatterns.deregister("html")  # and so do inline tags
+    converter.treeprocessors.register(DropUnsafeTargets(converter), "drop_unsafe_targets", 0)
+    body = converter.convert(md)
     style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;line-height:1.45}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}img{max-width:100%}"
              "code{background:#f4f4f4;padding:0 .2em}")
