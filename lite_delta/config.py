@@ -328,6 +328,38 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
+class RecipeYamlLoader(yaml.SafeLoader):
+    """YAML as recipes and configs are read: no aliases (ten nested levels of ten-way `*refs` in a 1 kB file
+    expand to gigabytes when the recipe is dumped and hashed) and no duplicate keys (a second `train:`
+    block silently replaced the first). Either is one error with its line."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed: write the value out",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=RecipeYamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def yaml_error(path: Path, exc: yaml.YAMLError) -> LiteDeltaError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    return LiteDeltaError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}")
+
+
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """`KEY=VALUE` pairs onto a recipe mapping: KEY a dotted path (train.max_steps), VALUE parsed as YAML."""
     data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
@@ -336,7 +368,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         if not sep or not key.strip() or any(not part for part in key.split(".")):
             raise LiteDeltaError(f"--set {item!r}: write KEY=VALUE with a dotted KEY, e.g. train.max_steps=20")
         try:
-            value = yaml.safe_load(raw)
+            value = read_yaml(raw)
         except yaml.YAMLError:
             value = raw
         node = data
@@ -357,13 +389,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise LiteDeltaError(f"recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise LiteDeltaError(f"{path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise LiteDeltaError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise yaml_error(path, exc) from None
     if not isinstance(data, dict):
         raise LiteDeltaError(f"{path}: a recipe is a YAML mapping of sections (name, prompts, teachers, ...)")
     if overrides:
@@ -540,9 +570,11 @@ def load_train_config(path: str | Path, **overrides) -> TrainConfig:
     if not path.is_file():
         raise LiteDeltaError(f"config not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = read_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise LiteDeltaError(f"{path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise LiteDeltaError(f"{path} is not valid YAML: {exc}") from None
+        raise yaml_error(path, exc) from None
     if not isinstance(data, dict):
         raise LiteDeltaError(f"{path}: a training config is a YAML mapping of fields")
     data = dict(data.get("train", data))
