@@ -270,17 +270,38 @@ def merge_adapter(student: str, adapter: Path, out: Path, precision: str) -> Pat
     return out
 
 
+def card_base(student: str) -> tuple[str | None, str]:
+    """(the card's `base_model`: a Hub id, else None; the base as the card's text names it). A GGUF or a
+    local folder is no Hub id (`pkg://...` or a path there makes the card's metadata invalid): the text
+    names the file and its identity instead."""
+    from lite_delta.models.refs import model_identity, resolve_model
+    from lite_delta.models.student import HUB_ID, is_gguf_reference
+
+    if is_gguf_reference(student):
+        try:
+            path = resolve_model(student)
+        except LiteDeltaError:
+            return None, f"`{Path(student).name}`"
+        ident = model_identity(path)
+        return None, (f"`{path.name}` (GGUF, {ident['size']} bytes, lite-delta identity "
+                      f"{ident['sha256_head_tail'][:16]})")
+    if Path(student).expanduser().exists() or not HUB_ID.match(student):
+        return None, f"the local model `{Path(student).name}`"
+    return student, f"`{student}`"
+
+
 def _write_run_card(adapter: Path, summary: dict) -> None:
     cfg = summary["config"]
     last = summary["last_log"] or {}
+    hub_id, named = card_base(summary["student"])
     lines = [
         "---",
-        f"base_model: {summary['student']}",
+        *([f"base_model: {hub_id}"] if hub_id else []),
         "library_name: peft",
         "tags: [dpo, lora, delta-learning, lite-delta]",
         "---",
         "",
-        f"# DPO LoRA adapter for {summary['student']}",
+        f"# DPO LoRA adapter for {named}",
         "",
         "Trained by lite-delta on weak preference pairs (delta learning, Geng et al. 2025).",
         "",

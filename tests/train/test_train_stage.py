@@ -59,6 +59,10 @@ def test_dpo_learns_the_pairs_and_the_adapter_reloads(setup, tmp_path):
     assert steps[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     assert steps[-1]["rewards/margins"] > steps[0]["rewards/margins"] + 0.05, "the reward margin rises"
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "adapter" / "README.md").is_file()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "adapter" / "README.md")  # huggingface_hub's own parser: a valid card
+    assert card.data.library_name == "peft" and card.data.base_model is None  # a local student is no Hub id
     summary = json.loads((out / "train.json").read_text())
     assert summary["steps"] == 8 and summary["pairs"]["rows"] == len(ROWS)
 
