@@ -324,27 +324,33 @@ def test_merged_f16_matches_peft(exported, smollm2):
 # --- qwen2: no permutation; rsLoRA -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def qwen2(tmp_path_factory, tiny_qwen2_gguf):
-    """The qwen2 stand-in as a transformers student, and an rsLoRA adapter with random A and B on it."""
+def random_lora(student, out, **options):
+    """A PEFT LoRA (r 4, alpha 8) on every linear layer of `student` with random A and B, saved to `out`."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from lite_delta.models.student import prepare_student
-
-    folder = tmp_path_factory.mktemp("qwen2")
-    student = prepare_student(str(tiny_qwen2_gguf), folder / "students")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
-    config = LoraConfig(r=4, lora_alpha=8, use_rslora=True, init_lora_weights=False, task_type="CAUSAL_LM",
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, task_type="CAUSAL_LM",
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                        **options)
     model = get_peft_model(model, config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn_like(p) * 0.3)
-    model.save_pretrained(folder / "adapter")
-    return student, folder / "adapter"
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory, tiny_qwen2_gguf):
+    """The qwen2 stand-in as a transformers student, and an rsLoRA adapter with random A and B on it."""
+    from lite_delta.models.student import prepare_student
+
+    folder = tmp_path_factory.mktemp("qwen2")
+    student = prepare_student(str(tiny_qwen2_gguf), folder / "students")
+    return student, random_lora(student, folder / "adapter", use_rslora=True)
 
 
 def test_qwen2_adapter_is_not_permuted_and_rslora_keeps_its_scale(tmp_path, tiny_qwen2_gguf, qwen2):
@@ -375,8 +381,6 @@ def test_qwen2_adapter_is_not_permuted_and_rslora_keeps_its_scale(tmp_path, tiny
 def hf_converted(request, tmp_path_factory):
     """A tiny random HF model (real tokenizer), its F32 GGUF by llama.cpp's convert_hf_to_gguf.py, and a
     random LoRA on every linear layer (q/k norms are not linear: never targets)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     from tests.hf_models import write_tiny_hf
     from tests.llama_cpp_reference import llama_cpp_source, run_reference
@@ -385,17 +389,7 @@ def hf_converted(request, tmp_path_factory):
     student = write_tiny_hf(request.param, folder / "hf", llama_cpp_source(), dtype="float32")
     base = folder / "base-f32.gguf"
     run_reference("convert_hf_to_gguf.py", str(student), "--outfile", str(base), "--outtype", "f32")
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
-    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, task_type="CAUSAL_LM",
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn_like(p) * 0.3)
-    model.save_pretrained(folder / "adapter")
-    return request.param, str(student), base, folder / "adapter"
+    return request.param, str(student), base, random_lora(student, folder / "adapter")
 
 
 def test_adapter_on_llama_cpps_own_conversion_matches_peft(tmp_path, hf_converted):
