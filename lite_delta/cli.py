@@ -116,7 +116,7 @@ def pair(
     chosen: Optional[Path] = typer.Option(None, help="generate output of the stronger model (by_model)"),
     rejected: Optional[Path] = typer.Option(None, help="generate output of the weaker model (by_model)"),
     samples: Optional[Path] = typer.Option(None, help="generate output with several samples per prompt (by_score)"),
-    scorer: str = typer.Option("sections", help="sections | paragraphs | list_items | length | module:function"),
+    scorer: str = typer.Option("sections", help="sections | paragraphs | list_items | list_markers | length | module:function"),
     min_margin: float = typer.Option(1.0, min=0.0, help="by_score: smallest score gap kept"),
     pairs_per_prompt: int = typer.Option(1, min=1, help="by_score: up to N disjoint pairs per prompt "
                                                          "(best-worst, 2nd best-2nd worst, ...)"),
@@ -428,7 +428,7 @@ def meter_(
     parallel: Optional[int] = typer.Option(None, min=1, help="sequences decoded at once"),
     threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: all cores)"),
     prompts: Optional[str] = typer.Option(None, help="prompts of the scorer task (jsonl/json/parquet, Hub id, builtin:NAME)"),
-    scorer: Optional[str] = typer.Option(None, help="scorer task's scorer: sections | paragraphs | list_items | length"),
+    scorer: Optional[str] = typer.Option(None, help="scorer task's scorer: sections | paragraphs | list_items | list_markers | length"),
     min_delta: Optional[float] = typer.Option(None, min=0.0, help="smallest accuracy delta called clear (0.05)"),
     seed: Optional[int] = typer.Option(None, help="item sample and bootstrap seed"),
 ) -> None:

@@ -177,7 +177,7 @@ class TeachersConfig(Strict):
 
 class PairingConfig(Strict):
     mode: Literal["by_model", "by_score"] = "by_model"
-    scorer: str = Field("sections", description="sections | paragraphs | list_items | length | module:function")
+    scorer: str = Field("sections", description="sections | paragraphs | list_items | list_markers | length | module:function")
     min_margin: float = Field(1.0, ge=0)
     pairs_per_prompt: int = Field(
         1, gt=0, description="by_score: up to N disjoint pairs per prompt (best-worst, 2nd best-2nd worst, ...)")
@@ -450,7 +450,10 @@ class TrainSettings(Strict):
     """The knobs of one DPO run (a recipe's `train:` section; defaults: the paper's loss and beta, LoRA-sized lr)."""
 
     backend: Literal["auto", "unsloth", "peft"] = "auto"
-    loss: str = Field("sigmoid_norm", description="length-normalized DPO, as the paper and Tulu 3")
+    loss: str | list[str] = Field(
+        "sigmoid_norm", description="length-normalized DPO, as the paper and Tulu 3; a list combines TRL's losses "
+        "with loss_weights, e.g. [sigmoid_norm, sft]: DPO plus an NLL term on the chosen answers (RPO)")
+    loss_weights: list[float] | None = Field(None, description="one weight per loss in a list (default: 1 each)")
     beta: float = Field(5.0, gt=0, description="paper: 5")
     learning_rate: float = Field(2e-5, gt=0, description="LoRA needs far more than full fine-tuning's 5e-8: sweep it")
     lr_scheduler: str = "cosine"
@@ -491,10 +494,27 @@ class TrainSettings(Strict):
 
     @field_validator("loss")
     @classmethod
-    def _known_loss(cls, loss: str) -> str:
-        if loss not in DPO_LOSSES:
-            raise ValueError(f"must be one of {', '.join(DPO_LOSSES)} (got {loss!r})")
+    def _known_loss(cls, loss: str | list[str]) -> str | list[str]:
+        names = [loss] if isinstance(loss, str) else loss
+        if not names:
+            raise ValueError("a list of losses needs at least one")
+        for name in names:
+            if name not in DPO_LOSSES:
+                raise ValueError(f"must be one of {', '.join(DPO_LOSSES)} (got {name!r})")
+        if len(set(names)) != len(names):
+            raise ValueError(f"names a loss twice ({', '.join(names)})")
         return loss
+
+    @model_validator(mode="after")
+    def _weights_match_losses(self):
+        if self.loss_weights is not None:
+            losses = [self.loss] if isinstance(self.loss, str) else self.loss
+            if len(self.loss_weights) != len(losses):
+                raise ValueError(f"loss_weights has {len(self.loss_weights)} weights for {len(losses)} losses "
+                                 f"({', '.join(losses)}): give one per loss")
+            if any(not math.isfinite(w) or w < 0 for w in self.loss_weights):
+                raise ValueError("loss_weights must be finite and >= 0")
+        return self
 
 
 class TrainConfig(TrainSettings):

@@ -485,7 +485,7 @@ def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
     kwargs = (recipe.train.chat_template_kwargs if recipe.train else {}) if kwargs is None else kwargs
     outputs = []
     if recipe.evaluate.utility:
-        from lite_delta.evaluate.utility import compare_utility, utility_chart, utility_eval
+        from lite_delta.evaluate.utility import compare_utility, side_by_side, utility_chart, utility_eval
 
         cfg = recipe.evaluate.utility
         u_student, u_adapter, u_engine = eval_student(recipe, run_dir, cfg.engine)
@@ -505,7 +505,11 @@ def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
             sft = utility_eval(cfg, student=u_student, adapter=sft_adapter, scorer=recipe.pairing.scorer, k=k,
                                out=out / "utility" / "sft", cache_dir=cache, label="utility sft",
                                chat_template_kwargs=kwargs)
-        summary = compare_utility(base, tuned, sft=sft)
+        results = {"base": base, **({"sft": sft} if sft else {}), "tuned": tuned}
+        messages = heldout_messages(recipe)
+        coherence = utility_coherence(recipe, run_dir, results, messages, kwargs, k)
+        summary = compare_utility(base, tuned, sft=sft, coherence=coherence)
+        summary["examples"] = side_by_side(out / "utility", list(results), messages)
         write_json(out / "utility" / "summary.json", summary)
         utility_chart(summary, _figures(run_dir) / "utility.png")
         outputs.append(out / "utility" / "summary.json")
@@ -528,6 +532,34 @@ def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
         shutil.copyfile(out / "suite" / "compare" / "compare.png", _figures(run_dir) / "suite.png")
         outputs.append(out / "suite" / "compare" / "compare.json")
     return outputs
+
+
+def heldout_messages(recipe: Recipe) -> dict[str, list[dict]]:
+    """The utility evaluation's prompts: prompt id -> messages, in file order."""
+    from lite_delta.prompts import load_prompts
+
+    p = recipe.evaluate.utility.prompts
+    prompts, _ = load_prompts(p.source, column=p.column, split=p.split, n=p.n, sample=p.sample, seed=p.seed)
+    return {prompt.prompt_id: list(prompt.messages) for prompt in sorted(prompts, key=lambda pr: pr.index)}
+
+
+def utility_coherence(recipe: Recipe, run_dir: Path, results: dict[str, dict], messages: dict[str, list[dict]],
+                      kwargs: dict | None, k: int) -> dict:
+    """Degenerate share and relevance (under the base student, on the utility evaluation's engine) of every
+    student's held-out answers, per prompt."""
+    from lite_delta.evaluate.coherence import coherence_eval, per_prompt
+    from lite_delta.evaluate.utility import open_engine
+
+    cfg = recipe.evaluate.utility
+    student, _, engine = eval_student(recipe, run_dir, cfg.engine)
+    cfg = cfg.model_copy(update={"engine": engine})
+    folder = run_dir / "evaluate" / "utility"
+    console.print(f"[bold]evaluate[/bold] coherence of every student's answers (relevance under the base student, {engine})")
+    figures = coherence_eval({name: folder / name for name in results}, messages,
+                             judge={"model": student, "engine": engine, "template_kwargs": kwargs or {}},
+                             open_judge=lambda: open_engine(cfg, student, None, folder.parent / "model", kwargs),
+                             out=folder)
+    return {name: per_prompt(result, figures["per_sample"][name], k) for name, result in results.items()}
 
 
 def _figures(run_dir: Path) -> Path:

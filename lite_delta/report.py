@@ -97,6 +97,15 @@ def _pairs_section(run_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def _loss_name(cfg: dict) -> str:
+    """`sigmoid_norm`, or a combination as TRL weighs it: `1 x sigmoid_norm + 0.5 x sft`."""
+    losses = cfg["loss"] if isinstance(cfg["loss"], list) else [cfg["loss"]]
+    if len(losses) == 1:
+        return losses[0]
+    weights = cfg.get("loss_weights") or [1.0] * len(losses)
+    return " + ".join(f"{w:g} × {name}" for w, name in zip(weights, losses))
+
+
 def _training_section(run_dir: Path, figures: Path) -> list[str]:
     summary = _read_json(run_dir / "train" / "train.json")
     if not summary:
@@ -104,7 +113,7 @@ def _training_section(run_dir: Path, figures: Path) -> list[str]:
     cfg, last = summary["config"], summary.get("last_log") or {}
     lines = ["## Training", "",
              f"{summary['student']} — backend {summary['backend']}, {summary['device']}, {summary['precision']}; "
-             f"loss {cfg['loss']}, β {cfg['beta']}, lr {cfg['learning_rate']}, LoRA r {cfg['lora_r']}, "
+             f"loss {_loss_name(cfg)}, β {cfg['beta']}, lr {cfg['learning_rate']}, LoRA r {cfg['lora_r']}, "
              f"{summary['steps']} steps in {summary['seconds']:.0f} s"
              + (f", {summary['tokens_per_s_mean']:.0f} tokens/s" if summary.get("tokens_per_s_mean") else "") + ".",
              "",
@@ -158,16 +167,70 @@ def _utility_section(run_dir: Path) -> list[str]:
         d = summary[key]
         return f"{d['diff']:+.2f} (paired 95% CI [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}])"
 
-    verdict = "**met**" if summary.get("target_met") else "**not met**"
+    coherence = summary.get("coherence")
+    if summary.get("target_met") and coherence and not summary.get("coherent"):
+        verdict = ("**not met**: the tuned student is above the chosen answers by the count, but its answers are "
+                   "not coherent (see Coherence below)")
+    else:
+        verdict = "**met**" if summary.get("target_met") else "**not met**"
     lines += ["", f"Tuned − chosen: {diff('tuned_minus_chosen')}; tuned − base: {diff('tuned_minus_base')}. "
-                  f"Target (the tuned student above the chosen answers, CI excluding 0): {verdict}.", ""]
+                  "Target (the tuned student above the chosen answers, CI excluding 0"
+                  + (", and as coherent as the base student" if coherence else "") + f"): {verdict}.", ""]
     if contrast:
         lines += [f"The contrast (same pairs, LoRA settings, steps and seed; SFT imitates the chosen answers and never "
                   f"sees the rejected ones): DPO − SFT: {diff('tuned_minus_sft')}; SFT − chosen: "
                   f"{diff('sft_minus_chosen')}; SFT − base: {diff('sft_minus_base')}. The paper's picture is "
                   "SFT pulled toward the chosen answers' level and DPO pushed past both.", ""]
     lines += [f"- warning: {w}" for w in summary.get("warnings", [])]
-    return lines + ["![utility](figures/utility.png)", ""]
+    lines += _coherence_lines(summary, rows) if coherence else []
+    lines += ["![utility](figures/utility.png)", ""]
+    return lines + _examples_lines(summary.get("examples") or [], contrast)
+
+
+def _coherence_lines(summary: dict, rows: tuple) -> list[str]:
+    c = summary["coherence"]
+    b = c["bounds"]
+    lines = ["### Coherence: is each student still an assistant?", "",
+             "Two figures the utility does not see, over the same answers. **Degenerate**: the share of answers that "
+             "have fewer than 5 real words, one line repeated through most of the answer, mostly repeated phrases, or "
+             "mostly symbols. **Relevance**: how much the prompt explains the answer, in nats per token under the base "
+             "student (log p(answer | prompt) − log p(answer | an empty prompt)); a helpful answer scores well above "
+             "0, loops of `1.1.1`, word salad and off-topic text near or below 0. Differences from the base student "
+             "are paired over prompts.", "",
+             "| | degenerate | − base [95% CI] | relevance | − base [95% CI] |", "|---|---|---|---|---|"]
+
+    def cell(figure: str, key: str) -> tuple[str, str]:
+        bar = c[figure][key]
+        d = c[f"{figure}_minus_base"].get(key)
+        return (f"{bar['mean']:.2f} [{bar['ci95'][0]:.2f}, {bar['ci95'][1]:.2f}]",
+                "–" if d is None else f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
+
+    for key, label in rows:
+        (deg, deg_d), (rel, rel_d) = cell("degenerate", key), cell("relevance", key)
+        lines.append(f"| {label} | {deg} | {deg_d} | {rel} | {rel_d} |")
+    tuned_ok = c["coherent"].get("tuned")
+    lines += ["", f"Bounds for a tuned student (paired point estimates): degenerate share at most the base's "
+                  f"+{b['degenerate_minus_base_at_most']:.2f}, relevance at least the base's "
+                  f"{b['relevance_minus_base_at_least']:+.2f} nats/token. The DPO student is "
+                  + ("**within** them." if tuned_ok else "**outside** them: it has drifted from a working assistant "
+                     "(over-trained: lower the learning rate or the steps, see the training health below).")]
+    if "sft" in c["coherent"]:
+        lines[-1] += f" The SFT student is {'within' if c['coherent']['sft'] else '**outside**'} them."
+    return lines + [""]
+
+
+def _examples_lines(examples: list[dict], contrast: bool) -> list[str]:
+    if not examples:
+        return []
+    names = [("base", "base"), *((("sft", "SFT"),) if contrast else ()), ("tuned", "DPO" if contrast else "tuned")]
+    lines = ["### Answers side by side", "",
+             "The first held-out prompts, sample 0 of each student (same seed), as they wrote them:", ""]
+    for example in examples:
+        lines += [f"**Prompt:** {' '.join(example['prompt'].split())}", ""]
+        for key, label in names:
+            text = example.get(key, "")
+            lines += [f"*{label}:*", "", *("> " + line for line in text.splitlines() or [""]), ""]
+    return lines
 
 
 def _suite_section(run_dir: Path) -> list[str]:

@@ -1,6 +1,8 @@
 """Countable style utilities over one answer: each a pure ``str -> float`` function.
 
 ``sections`` is the utility of the paper's controlled experiment (bold Markdown section headers).
+``list_items`` counts list items that carry content (the demo's utility); ``list_markers`` counts every
+list-marker line, the demo's utility before it was found that DPO meets it with empty ``1.`` lines.
 A user scorer is any importable function named as ``"package.module:function"``.
 """
 
@@ -24,6 +26,11 @@ _LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)])[ \t]+\S")
 # A thematic break such as "---", "***" or "* * *" (it would otherwise look like a bullet).
 _HORIZONTAL_RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
+# The marker itself, to cut the item's text off it.
+_LIST_MARKER = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)])[ \t]+")
+# A real word: two or more letters in a row (any script; digits, '_' and punctuation are not letters).
+_WORD = re.compile(r"[^\W\d_]{2,}")
+ITEM_MIN_WORDS = 3  # a list item counts only with at least this many real words
 
 
 def _lines(text: str) -> list[str]:
@@ -41,11 +48,37 @@ def paragraph_count(text: str) -> float:
     return float(sum(1 for block in blocks if block.strip()))
 
 
+def real_words(text: str) -> list[str]:
+    """The runs of two or more letters in `text` (``1.1.1``, ``**``, ``*`` and lone letters are not words)."""
+    return _WORD.findall(text)
+
+
+def _list_lines(text: str) -> list[str]:
+    return [line for line in _lines(text) if _LIST_ITEM.match(line) and not _HORIZONTAL_RULE.match(line)]
+
+
+def list_marker_count(text: str) -> float:
+    """Lines that are Markdown bullet or numbered list items (indented ones included), content or not:
+    ``1.`` followed by ``**1.1.1**`` counts. The demo's utility before ``list_items``; kept by name."""
+    return float(len(_list_lines(text)))
+
+
 def list_item_count(text: str) -> float:
-    """Lines that are Markdown bullet or numbered list items (indented ones included)."""
-    return float(
-        sum(1 for line in _lines(text) if _LIST_ITEM.match(line) and not _HORIZONTAL_RULE.match(line))
-    )
+    """Markdown list items (bullet or numbered, indented ones included) that carry content.
+
+    The rule: a list-marker line counts when the text after its marker has at least ``ITEM_MIN_WORDS`` (3)
+    real words (runs of two or more letters, in any script; numbers, Markdown emphasis and punctuation do not
+    count) and those words, lower-cased, are not the same as an earlier counted item's in the same answer.
+    So ``1. **1.1.1.1**``, an empty ``2.`` and a repeated item do not count; ``- Water the soil`` does.
+    """
+    seen: set[tuple[str, ...]] = set()
+    count = 0
+    for line in _list_lines(text):
+        words = tuple(w.lower() for w in real_words(_LIST_MARKER.sub("", line, count=1)))
+        if len(words) >= ITEM_MIN_WORDS and words not in seen:
+            seen.add(words)
+            count += 1
+    return float(count)
 
 
 def word_count(text: str) -> float:
@@ -57,6 +90,7 @@ SCORERS: dict[str, Scorer] = {
     "sections": sections_count,
     "paragraphs": paragraph_count,
     "list_items": list_item_count,
+    "list_markers": list_marker_count,
     "length": word_count,
 }
 

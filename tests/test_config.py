@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lite_delta.cli import main
-from lite_delta.config import Recipe, load_recipe
+from lite_delta.config import Recipe, TrainConfig, load_recipe
 from lite_delta.errors import LiteDeltaError
 from lite_delta.pipeline import default_recipe_path
 
@@ -42,6 +42,10 @@ DEMO = (REPO / "recipes" / "demo.yaml").read_text()
         (DEMO.replace("source: builtin:demo", "sauce: builtin:demo"), "prompts.source"),
         (DEMO.replace("samples_per_prompt: 4", "samples_per_prompt: 1"), "samples_per_prompt"),
         (DEMO.replace("mode: by_score", "mode: by_model"), "teachers.chosen"),
+        (DEMO.replace("loss: sigmoid_norm", "loss: [sigmoid_norm, nope]", 1), "train.loss"),
+        (DEMO.replace("loss: sigmoid_norm", "loss: [sft, sft]", 1), "train.loss"),
+        (DEMO.replace("beta: 5.0", "beta: 5.0\n  loss_weights: [1.0, 0.5, 2.0]", 1), "loss_weights"),
+        (DEMO.replace("beta: 5.0", "beta: 5.0\n  loss_weights: [.nan]", 1), "loss_weights"),
     ],
 )
 def test_bad_field_is_named_with_the_file(text, field, tmp_path):
@@ -110,3 +114,16 @@ def test_run_with_bad_field_exits_2_naming_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2 and "generation.top_p" in err and "r.yaml" in err
     assert not (tmp_path / "runs").exists(), "nothing is started for a broken recipe"
+
+
+def test_a_combined_loss_reaches_trl_as_a_list_with_its_weights(tmp_path):
+    from lite_delta.train.stage import dpo_args
+
+    recipe = load_recipe(default_recipe_path(), ["train.loss=[sigmoid_norm, sft]", "train.loss_weights=[1.0, 0.5]"])
+    assert recipe.train.loss == ["sigmoid_norm", "sft"] and recipe.train.loss_weights == [1.0, 0.5]
+    cfg = TrainConfig(student="x", pairs=tmp_path, out=tmp_path, **recipe.train.model_dump())
+    args = dpo_args(cfg, tmp_path / "ck", cuda=False, backend="peft", precision="fp32")
+    assert args.loss_type == ["sigmoid_norm", "sft"] and args.loss_weights == [1.0, 0.5]
+    single = dpo_args(TrainConfig(student="x", pairs=tmp_path, out=tmp_path), tmp_path / "ck", cuda=False,
+                      backend="peft", precision="fp32")
+    assert single.loss_type == ["sigmoid_norm"] and single.loss_weights is None

@@ -2,7 +2,7 @@ import pytest
 
 from lite_delta.errors import LiteDeltaError
 from lite_delta.utility_scorers import SCORERS, get_scorer
-from lite_delta.utility_scorers import list_item_count, paragraph_count, sections_count, word_count
+from lite_delta.utility_scorers import list_item_count, list_marker_count, paragraph_count, sections_count, word_count
 
 
 @pytest.mark.parametrize(
@@ -52,8 +52,31 @@ def test_paragraph_count(text, expected):
         ("* **Bold item**: text", 1),
     ],
 )
-def test_list_item_count(text, expected):
+def test_list_marker_count(text, expected):
+    assert list_marker_count(text) == expected
+    assert get_scorer("list_markers") is list_marker_count
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("- Water the soil\n* Move them to shade\n+ Ask the neighbour", 3),
+        ("1. **Water**: soak the soil first\n2) **Light**: keep them out of sun", 2),
+        ("  - nested item with words\n    1. a deeper item here", 2),
+        ("- a\n* b\n+ c", 0),  # markers with no real words
+        ("- Apples\n- Two words", 0),  # fewer than 3 real words
+        # what the over-trained demo student wrote: markers, numbers and emphasis, no content
+        ("1. **1.1.1.1.1**\n\n1.1.1.1.1\n\n1.1.1.1.1", 0),
+        ("1. **1. **1.1\n\n1. **2. **2.1\n\n1. **3. **3.1", 0),
+        ("1. \n2.\n3. \n4.\n5.", 0),
+        ("- Keep them watered\n- keep THEM watered!\n- Keep them watered", 1),  # repeats count once
+        ("1. Gießen Sie die Pflanzen\n2. 给植物 浇水 每天 早上", 2),  # letters of any script are words
+        ("---\n***\n- - -\n___", 0),
+    ],
+)
+def test_list_item_count_needs_content(text, expected):
     assert list_item_count(text) == expected
+    assert list_item_count(text) <= list_marker_count(text)
 
 
 def test_word_count():
@@ -67,7 +90,7 @@ def test_scorers_return_floats():
 
 
 def test_registry_names():
-    assert set(SCORERS) == {"sections", "paragraphs", "list_items", "length"}
+    assert set(SCORERS) == {"sections", "paragraphs", "list_items", "list_markers", "length"}
     assert get_scorer("length") is word_count
     assert get_scorer("sections") is sections_count
 
@@ -78,7 +101,7 @@ def test_get_scorer_imports_user_function():
 
 @pytest.mark.parametrize("name", ["bogus", "no_such_module_xyz:f", "os.path:no_such_function", ":f"])
 def test_get_scorer_unknown_names_builtins(name):
-    with pytest.raises(LiteDeltaError, match="sections, paragraphs, list_items, length"):
+    with pytest.raises(LiteDeltaError, match="sections, paragraphs, list_items, list_markers, length"):
         get_scorer(name)
 
 

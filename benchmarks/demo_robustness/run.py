@@ -88,9 +88,47 @@ def collect(run_dir: Path, build: str, seed: int, wall: float | None) -> dict:
         "tuned_minus_sft": summary.get("tuned_minus_sft"),
         "sft_minus_chosen": summary.get("sft_minus_chosen"),
         "target_met": summary["target_met"],
+        # coherence of every student (issue 26): degenerate share and relevance, and DPO's difference from base
+        "coherence": _coherence(summary.get("coherence")),
+        "coherent": summary.get("coherent"),
+        "health_warnings": [w["kind"] for w in (read("train/train.json").get("health_warnings") or [])],
         "stage_seconds": {name: rec.get("seconds") for name, rec in manifest["stages"].items()},
         "wall_seconds_this_call": round(wall, 1) if wall is not None else None,
     }
+
+
+def _coherence(c: dict | None) -> dict | None:
+    if not c:
+        return None
+    return {"degenerate": {k: v["mean"] for k, v in c["degenerate"].items()},
+            "relevance": {k: v["mean"] for k, v in c["relevance"].items()},
+            "tuned_degenerate_minus_base": c["degenerate_minus_base"]["tuned"],
+            "tuned_relevance_minus_base": c["relevance_minus_base"]["tuned"],
+            "bounds": c["bounds"]}
+
+
+def met(row: dict) -> bool:
+    """Both halves of the demo's target: DPO past the chosen answers, and as coherent as the base student."""
+    return bool(row["target_met"] and row.get("coherent"))
+
+
+def coherence_table(rows: list[dict]) -> str:
+    """Per run, each student's degenerate share and relevance (nats/token under the base student)."""
+    names = ("base", "rejected", "chosen", "sft", "tuned")
+    head = ("| build | seed | degenerate: base / rejected / chosen / SFT / DPO | DPO − base [95% CI] "
+            "| relevance: base / rejected / chosen / SFT / DPO | DPO − base [95% CI] | coherent | health |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        c = r.get("coherence")
+        if not c:
+            lines.append(f"| {r['build']} | {r['seed']} | – | – | – | – | – | – |")
+            continue
+        fig = lambda f: " / ".join("–" if n not in c[f] else f"{c[f][n]:.2f}" for n in names)  # noqa: E731
+        ci = lambda x: f"{x['diff']:+.2f} [{x['ci95'][0]:+.2f}, {x['ci95'][1]:+.2f}]"  # noqa: E731
+        lines.append(f"| {r['build']} | {r['seed']} | {fig('degenerate')} | {ci(c['tuned_degenerate_minus_base'])} | "
+                     f"{fig('relevance')} | {ci(c['tuned_relevance_minus_base'])} | "
+                     f"{'yes' if r.get('coherent') else '**no**'} | {', '.join(r.get('health_warnings') or []) or 'quiet'} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -104,7 +142,7 @@ def table(rows: list[dict]) -> str:
         sec = lambda k: "–" if t.get(k) is None else f"{t[k]:.0f}"  # noqa: E731
         lines.append(f"| {r['build']} | {r['seed']} | {r['pairs']} | {fmt(r['pair_chosen_mean'])} / "
                      f"{fmt(r['pair_rejected_mean'])} | {fmt(h['base'])} | {fmt(h['chosen'])} | {fmt(h.get('sft'))} | "
-                     f"{fmt(h['tuned'])} | {ci(d)} | {ci(ds)} | {'yes' if r['target_met'] else '**no**'} | "
+                     f"{fmt(h['tuned'])} | {ci(d)} | {ci(ds)} | {'yes' if met(r) else '**no**'} | "
                      f"{sec('generate')} / {sec('train')} / {sec('sft')} / {sec('evaluate')} | "
                      f"{(r.get('environment') or {}).get('cores', '–')} |")
     return "\n".join(lines)
@@ -141,10 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     # the grid is every run on disk (earlier calls' runs too), not only this call's
     rows = [json.loads(f.read_text()) for f in sorted(args.out.glob("*-seed*.json"))]
     diffs = [r["tuned_minus_chosen"]["ci95"][0] for r in rows]
-    worst = min(rows, key=lambda r: r["tuned_minus_chosen"]["ci95"][0])
+    # the worst run: one that misses either half first, then the lowest lower CI bound of DPO - chosen
+    worst = min(rows, key=lambda r: (met(r), r["tuned_minus_chosen"]["ci95"][0]))
     grid = {
         "runs": len(rows),
-        "all_met": all(r["target_met"] for r in rows),
+        "all_met": all(met(r) for r in rows),
+        "all_utility_met": all(r["target_met"] for r in rows),
+        "all_coherent": all(bool(r.get("coherent")) for r in rows),
         "worst": {"build": worst["build"], "seed": worst["seed"], "tuned_minus_chosen": worst["tuned_minus_chosen"]},
         "median_tuned_minus_chosen": statistics.median(r["tuned_minus_chosen"]["diff"] for r in rows),
         "median_lower_ci": statistics.median(diffs),
@@ -153,11 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     (args.out / "grid.json").write_text(json.dumps(grid, indent=2) + "\n")
-    md = table(rows)
+    md = table(rows) + "\n\n" + coherence_table(rows)
     (args.out / "grid.md").write_text(md + "\n")
     print(md)
-    print(f"\nall {len(rows)} runs met the target: {grid['all_met']}; worst: {worst['build']} seed {worst['seed']} "
-          f"DPO − chosen {worst['tuned_minus_chosen']['diff']:+.2f} {worst['tuned_minus_chosen']['ci95']}")
+    print(f"\nall {len(rows)} runs met the target (utility and coherence): {grid['all_met']}; worst: {worst['build']} "
+          f"seed {worst['seed']} DPO − chosen {worst['tuned_minus_chosen']['diff']:+.2f} "
+          f"{worst['tuned_minus_chosen']['ci95']}, coherent: {worst.get('coherent')}")
     return 0 if grid["all_met"] else 1  # the design is judged by its worst run
 
 

@@ -100,8 +100,9 @@ class LlamaCppEngine:
         finally:
             engine.close()
 
-    def loglikelihood(self, context: Prompt, continuations: list[str]) -> list[float]:
-        """Summed log-probability of each continuation after the context (the context is evaluated once)."""
+    def loglikelihood(self, context: Prompt, continuations: list[str], per_token: bool = False) -> list[float]:
+        """Summed log-probability of each continuation after the context (the context is evaluated once);
+        `per_token`: the mean over the continuation's tokens instead (0 for an empty one)."""
         import numpy as np
 
         llm = self._llm()
@@ -114,6 +115,9 @@ class LlamaCppEngine:
             whole = self.model.tokenize_prompt(text + cont)
             tail = whole[len(ctx):] if whole[: len(ctx)] == ctx else self.model.model.tokenize(
                 cont.encode("utf-8"), add_bos=False, special=False)
+            if not tail:
+                results.append(0.0)
+                continue
             if len(ctx) + len(tail) > llm.n_ctx():
                 raise LiteDeltaError(f"a log-likelihood request of {len(ctx) + len(tail)} tokens exceeds the context")
             llm.n_tokens = len(ctx)  # keep the context's KV cache, drop the previous continuation
@@ -121,7 +125,8 @@ class LlamaCppEngine:
             logits = np.asarray(llm.scores[len(ctx) - 1 : len(ctx) + len(tail) - 1], dtype=np.float64)
             top = logits.max(axis=1, keepdims=True)
             logprobs = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
-            results.append(float(logprobs[np.arange(len(tail)), tail].sum()))
+            picked = logprobs[np.arange(len(tail)), tail]
+            results.append(float(picked.mean() if per_token else picked.sum()))
         return results
 
     def _llm(self):
@@ -277,7 +282,8 @@ class TransformersEngine:
                 finish = "stop" if ended or cut != text or len(row) < params.max_tokens else "length"
                 yield request.key, cut, finish
 
-    def loglikelihood(self, context: Prompt, continuations: list[str]) -> list[float]:
+    def loglikelihood(self, context: Prompt, continuations: list[str], per_token: bool = False) -> list[float]:
+        """Summed (`per_token`: mean) log-probability of each continuation after the context."""
         import torch
 
         text = self.render(context)
@@ -287,11 +293,15 @@ class TransformersEngine:
             whole = self._encode(text + cont)
             tail = whole[len(ctx):] if whole[: len(ctx)] == ctx else self.tokenizer(
                 cont, add_special_tokens=False)["input_ids"]
+            if not tail:
+                results.append(0.0)
+                continue
             ids = torch.tensor([ctx + tail], device=self.model.device)
             with torch.no_grad():
                 logits = self.model(ids).logits[0, len(ctx) - 1 : -1].float()
             logprobs = torch.log_softmax(logits, dim=-1)
-            results.append(float(logprobs[torch.arange(len(tail)), torch.tensor(tail)].sum()))
+            picked = logprobs[torch.arange(len(tail)), torch.tensor(tail)]
+            results.append(float(picked.mean() if per_token else picked.sum()))
         return results
 
     def close(self) -> None:

@@ -102,7 +102,7 @@ def _check_settings(out: Path, settings: dict) -> None:
         )
 
 
-def _open_engine(cfg: UtilityEvalConfig, student: str, adapter: Path | None, cache_dir: Path,
+def open_engine(cfg: UtilityEvalConfig, student: str, adapter: Path | None, cache_dir: Path,
                  chat_template_kwargs: dict | None = None):
     """llama.cpp's batched engine for a GGUF student (the adapter attached as a GGUF LoRA), else transformers."""
     from lite_delta.evaluate.engines import LlamaCppEngine, TransformersEngine
@@ -166,7 +166,7 @@ def utility_eval(
     out.mkdir(parents=True, exist_ok=True)
     p = cfg.prompts
     prompts, prompt_stats = load_prompts(p.source, column=p.column, split=p.split, n=p.n, sample=p.sample, seed=p.seed)
-    engine = _open_engine(cfg, student, adapter, Path(cache_dir or out / "model"), chat_template_kwargs)
+    engine = open_engine(cfg, student, adapter, Path(cache_dir or out / "model"), chat_template_kwargs)
     settings = {
         **cfg.model_dump(mode="json"),
         **{key: engine.identity[key] for key in ("model", "adapter", "adapter_sha256", "precision",
@@ -307,10 +307,14 @@ def _summary(per_prompt: dict, seed: int = 0) -> dict:
 
 
 def compare_utility(base: dict, tuned: dict, seed: int = 0, n_bootstrap: int = N_BOOTSTRAP,
-                    sft: dict | None = None) -> dict:
+                    sft: dict | None = None, coherence: dict[str, dict] | None = None) -> dict:
     """Base, held-out chosen (base best-of-k), rejected (base worst-of-k), tuned (DPO) and, given `sft`, the
     SFT-on-chosen student's means, each with a bootstrap 95% CI over prompts; tuned - chosen (and tuned - sft,
-    sft - chosen) with paired bootstrap CIs: one set of prompt draws for every column."""
+    sft - chosen) with paired bootstrap CIs: one set of prompt draws for every column.
+
+    `coherence`: per student name (base, tuned, sft) the per-prompt figures of ``coherence.per_prompt``; adds
+    each column's degenerate share and relevance, their paired differences from the base student, and
+    whether the tuned (and SFT) student stays within the bounds (``coherent``)."""
     runs = {**({"sft": sft} if sft is not None else {}), "tuned": tuned}  # bar order: ..., sft, tuned
     ids = sorted(set(base["per_prompt"]).intersection(*(r["per_prompt"] for r in runs.values())))
     if not ids:
@@ -359,7 +363,33 @@ def compare_utility(base: dict, tuned: dict, seed: int = 0, n_bootstrap: int = N
         summary["tuned_minus_sft"] = paired("tuned", "sft")
         summary["sft_minus_chosen"] = paired("sft", "chosen")
         summary["sft_minus_base"] = {k: v for k, v in paired("sft", "base").items() if k != "p_not_above"}
+    if coherence is not None:
+        summary["coherence"] = _compare_coherence(coherence, ids, idx, list(runs))
+        summary["coherent"] = summary["coherence"]["coherent"]["tuned"]
     return summary
+
+
+def _compare_coherence(coherence: dict[str, dict], ids: list[str], idx: np.ndarray, runs: list[str]) -> dict:
+    from lite_delta.evaluate.coherence import DEGENERATE_MARGIN, RELEVANCE_MARGIN
+
+    base = coherence["base"]
+    sources = {"base": lambda i: base[i], "rejected": lambda i: base[i]["rejected"],
+               "chosen": lambda i: base[i]["chosen"], **{name: (lambda i, n=name: coherence[n][i]) for name in runs}}
+    out: dict = {"bounds": {"degenerate_minus_base_at_most": DEGENERATE_MARGIN,
+                            "relevance_minus_base_at_least": -RELEVANCE_MARGIN,
+                            "on": "paired point estimates over prompts"}}
+    for figure in ("degenerate", "relevance"):
+        columns = {name: np.array([get(i)[figure] for i in ids]) for name, get in sources.items()}
+        draws = {name: values[idx].mean(axis=1) for name, values in columns.items()}
+        out[figure] = {name: {"mean": float(values.mean()), "ci95": _ci(draws[name])} for name, values in columns.items()}
+        out[f"{figure}_minus_base"] = {
+            name: {"diff": float(columns[name].mean() - columns["base"].mean()), "ci95": _ci(draws[name] - draws["base"])}
+            for name in columns if name != "base"}
+    out["coherent"] = {
+        name: (out["degenerate_minus_base"][name]["diff"] <= DEGENERATE_MARGIN
+               and out["relevance_minus_base"][name]["diff"] >= -RELEVANCE_MARGIN)
+        for name in runs}
+    return out
 
 
 def utility_chart(summary: dict, path: Path) -> None:
@@ -377,8 +407,28 @@ def utility_chart(summary: dict, path: Path) -> None:
     label = {"base": "base student", "rejected": "rejected\n(worst of k)", "chosen": "chosen\n(best of k)",
              "sft": "SFT on\nchosen", "tuned": "DPO\n(tuned)" if "sft" in bars else "tuned student"}
     color = {"base": "#8d99ae", "rejected": "#e76f51", "chosen": "#2a9d8f", "sft": "#e9c46a", "tuned": "#264653"}
-    fig, ax = plt.subplots(figsize=(5.6 + 0.9 * (len(names) - 4), 3.8), dpi=120)
+    coherence = summary.get("coherence")
+    width = 5.6 + 0.9 * (len(names) - 4)
+    fig, axes = plt.subplots(1, 3 if coherence else 1, figsize=(width * (2.6 if coherence else 1), 3.8), dpi=120,
+                             squeeze=False)
+    ax = axes[0][0]
     ax.bar([label[n] for n in names], means, color=[color[n] for n in names], yerr=[lo, hi], capsize=5)
+    if coherence:
+        for panel, figure, ylabel in ((axes[0][1], "degenerate", "share of degenerate answers"),
+                                      (axes[0][2], "relevance", "relevance (nats/token, base judge)")):
+            m = np.array([coherence[figure][n]["mean"] for n in names])
+            low = m - np.array([coherence[figure][n]["ci95"][0] for n in names])
+            high = np.array([coherence[figure][n]["ci95"][1] for n in names]) - m
+            panel.bar([label[n] for n in names], m, color=[color[n] for n in names], yerr=[low, high], capsize=5)
+            panel.set_ylabel(ylabel)
+            panel.axhline(0, color="grey", lw=0.8)
+            panel.tick_params(axis="x", labelsize=8)
+        bounds = coherence["bounds"]
+        verdict = "within" if summary.get("coherent") else "OUTSIDE"
+        axes[0][1].set_title(f"coherence: DPO {verdict} the bounds\n(degenerate <= base "
+                             f"+{bounds['degenerate_minus_base_at_most']:.2f})", fontsize=10)
+        axes[0][2].set_title(f"prompt relevance\n(>= base {bounds['relevance_minus_base_at_least']:+.2f})",
+                             fontsize=10)
 
     def line(name: str, key: str) -> str:
         d = summary[key]
@@ -396,3 +446,15 @@ def utility_chart(summary: dict, path: Path) -> None:
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
+
+
+def side_by_side(folder: Path, names: list[str], messages: dict[str, list[dict]], n: int = 3) -> list[dict]:
+    """The first `n` held-out prompts (file order) with sample 0 of each student: same prompt, same seed."""
+    samples = {name: read_samples(Path(folder) / name / SAMPLES_FILE) for name in names}
+    rows = []
+    for prompt_id in list(messages)[:n]:
+        key = f"{prompt_id}:0"
+        if all(key in samples[name] for name in names):
+            rows.append({"prompt_id": prompt_id, "prompt": messages[prompt_id][-1]["content"],
+                         **{name: samples[name][key]["completion"] for name in names}})
+    return rows

@@ -49,7 +49,7 @@ class PairConfig(BaseModel):
     samples: Path | None = None
     """by_score: generate output dir (or completions.jsonl) holding k >= 2 samples per prompt."""
     scorer: str = "sections"
-    """Built-in scorer (sections, paragraphs, list_items, length) or 'package.module:function'."""
+    """Built-in scorer (sections, paragraphs, list_items, list_markers, length) or 'package.module:function'."""
     min_margin: float = Field(1.0, ge=0)
     """by_score: smallest chosen-minus-rejected score kept (the paper's bold-section delta is 1)."""
     pairs_per_prompt: int = Field(1, gt=0)

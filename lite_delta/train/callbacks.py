@@ -22,9 +22,10 @@ class StepLog(TrainerCallback):
     dropped first, so the log never holds a step twice. Health warnings go into the log and `warnings`.
     Across processes every one keeps the (already gathered) records; only the main one (`main`) writes and warns."""
 
-    def __init__(self, path: Path, *, loss_type: str, main: bool = True):
+    def __init__(self, path: Path, *, loss_type: str | list[str], main: bool = True, beta: float | None = None):
         self.path = path
         self.loss_type = loss_type
+        self.beta = beta
         self.main = main
         self.records: list[dict] = []
         self.warnings: list = []
@@ -41,6 +42,7 @@ class StepLog(TrainerCallback):
         batches = len(loader) if loader is not None else state.max_steps * args.gradient_accumulation_steps
         self.steps_per_epoch = max(1, -(-batches // args.gradient_accumulation_steps))
         self.warmup_steps = args.get_warmup_steps(state.max_steps)
+        self.total_steps = state.max_steps
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
@@ -61,7 +63,8 @@ class StepLog(TrainerCallback):
             record["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
         self.records.append(record)
         new = check(self.records, loss_type=self.loss_type, warmup_steps=self.warmup_steps,
-                    steps_per_epoch=self.steps_per_epoch, already={w.kind for w in self.warnings})
+                    steps_per_epoch=self.steps_per_epoch, already={w.kind for w in self.warnings},
+                    beta=self.beta, total_steps=self.total_steps)
         for warning in new:
             if self.main:
                 log.warning("training health: %s", warning.message)

@@ -15,11 +15,20 @@ STUCK_STEPS = 5
 COLLAPSE_LOSS = 0.01
 FALLING_STEPS = 5
 SIGMOID_LOSSES = ("sigmoid", "sigmoid_norm")  # losses that start at ln 2
+# Over-training (what turned the demo's student into `1.1.1.1` loops while every number looked fine).
+# TRL's rewards are beta x the summed log-ratio (policy vs reference) over an answer's tokens, so reward / beta
+# is in nats per answer: how much likelier (chosen) or less likely (rejected) the tuned model finds it.
+WINDOW = 3  # the rules below read the mean of the last WINDOW logged steps (one batch is noisy)
+SATURATED_LOSS = 0.05  # a sigmoid loss this low with every pair right: nothing left to learn from the pairs
+SATURATED_BEFORE = 0.6  # ... reached before this share of the steps: the rest only pushes further
+RUNAWAY_MARGIN_NATS = 60.0  # chosen vs rejected moved this many nats apart per pair: far past telling them apart
+PLUNGE_NATS = 30.0  # the rejected answers fell this many nats below the reference ...
+PLUNGE_RATIO = 2.0  # ... more than this many times as far as the chosen ones rose
 
 
 @dataclass(frozen=True)
 class HealthWarning:
-    kind: str  # stuck | both_down | not_finite | collapsed
+    kind: str  # stuck | both_down | not_finite | collapsed | saturated | runaway_margin | rejected_plunge
     step: int
     message: str
 
@@ -28,9 +37,13 @@ def _finite(record: dict) -> bool:
     return all(math.isfinite(v) for k, v in record.items() if k != "step" and isinstance(v, float))
 
 
-def check(records: list[dict], *, loss_type: str, warmup_steps: int, steps_per_epoch: int,
-          already: set[str] = frozenset()) -> list[HealthWarning]:
-    """New warnings for the log so far; kinds in `already` were raised before and are not repeated."""
+def check(records: list[dict], *, loss_type: str | list[str], warmup_steps: int, steps_per_epoch: int,
+          already: set[str] = frozenset(), beta: float | None = None,
+          total_steps: int | None = None) -> list[HealthWarning]:
+    """New warnings for the log so far; kinds in `already` were raised before and are not repeated.
+
+    `beta` (DPO's) turns the logged rewards into nats for the over-training rules; `total_steps` lets them
+    tell "separated early, with most of the run still to come" from "separated at the end"."""
     found: list[HealthWarning] = []
     if not records:
         return found
@@ -62,6 +75,8 @@ def check(records: list[dict], *, loss_type: str, warmup_steps: int, steps_per_e
                              "while the margin rises: both answers are being pushed down, which the paper saw hurt. "
                              "Lower the learning rate or beta, and check that chosen answers are not cut off "
                              "(truncated share in pairs/stats.json)")
+    for kind, message in _overtraining(records, loss_type=loss_type, beta=beta, total_steps=total_steps):
+        add(kind, message)
     if "loss" in last and last["loss"] < COLLAPSE_LOSS and step <= steps_per_epoch:
         add("collapsed", f"step {step}: the loss is ~0 within the first epoch: the pairs are too easy or degenerate "
                          "(e.g. chosen always longer, or one side empty). Check pairs/stats.json and a few pairs; "
@@ -72,3 +87,41 @@ def check(records: list[dict], *, loss_type: str, warmup_steps: int, steps_per_e
 def _mostly_falling(values: list[float]) -> bool:
     drops = sum(b < a for a, b in zip(values, values[1:]))
     return drops >= (len(values) - 1) * 3 / 4
+
+
+OVERTRAINED_ADVICE = ("DPO keeps widening the gap after the pairs are told apart, and that is what breaks a model "
+                      "(the paper's students too: delta learning works with early stopping). Stop earlier (fewer "
+                      "max_steps or epochs), lower the learning rate, raise beta, or add an NLL term on the chosen "
+                      "answers (loss: [sigmoid_norm, sft]); then read the held-out answers, not only the score")
+
+
+def _mean(window: list[dict], key: str) -> float | None:
+    values = [r[key] for r in window if key in r]
+    return sum(values) / len(values) if len(values) == len(window) else None
+
+
+def _overtraining(records: list[dict], *, loss_type, beta: float | None, total_steps: int | None):
+    """(kind, message) for the signs of a student pushed past the point where the pairs teach it anything."""
+    if len(records) < WINDOW:
+        return
+    window = records[-WINDOW:]
+    step = window[-1]["step"]
+    loss, accuracy = _mean(window, "loss"), _mean(window, "rewards/accuracies")
+    if (loss_type in SIGMOID_LOSSES and loss is not None and accuracy is not None and loss < SATURATED_LOSS
+            and accuracy >= 0.99 and total_steps and step <= SATURATED_BEFORE * total_steps):
+        yield "saturated", (f"step {step} of {total_steps}: every pair is already right and the loss is ~0 "
+                            f"({loss:.3f}) with {total_steps - step} steps to go. {OVERTRAINED_ADVICE}")
+    if not beta:
+        return
+    margin, chosen, rejected = (_mean(window, k) for k in ("rewards/margins", "rewards/chosen", "rewards/rejected"))
+    if margin is not None and margin / beta > RUNAWAY_MARGIN_NATS:
+        yield "runaway_margin", (f"step {step}: chosen and rejected answers are {margin / beta:.0f} nats apart per "
+                                 f"pair (margin {margin:.0f} at beta {beta:g}): the model finds each rejected answer "
+                                 f"e^{margin / beta:.0f} times less likely, relative to its chosen one, than it did "
+                                 f"at the start. {OVERTRAINED_ADVICE}")
+    if (chosen is not None and rejected is not None and rejected / beta < -PLUNGE_NATS
+            and -rejected > PLUNGE_RATIO * max(chosen, 0.0)):
+        yield "rejected_plunge", (f"step {step}: the rejected answers fell {-rejected / beta:.0f} nats below the "
+                                  f"reference while the chosen ones {'rose' if chosen > 0 else 'moved'} "
+                                  f"{chosen / beta:+.0f}: the model is learning to avoid the rejected answers' "
+                                  f"tokens more than to write the chosen ones. {OVERTRAINED_ADVICE}")

@@ -125,7 +125,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     model, tokenizer, lora, precision = load_student(
         backend, student, cfg, precision, cuda, tokenizer, template, quantization=quantization,
         device_index=args.local_process_index if cuda and distributed else None, sharded=sharded)
-    step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss, main=main)
+    step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss, main=main, beta=cfg.beta)
     bar = ProgressBar(step_log, console) if progress else None
     callbacks = [step_log] + ([bar] if bar else [])
     # With a PEFT model and no ref_model, TRL's reference is the student with the adapter disabled.
@@ -188,7 +188,8 @@ def dpo_args(cfg: TrainConfig, checkpoints: Path, *, cuda: bool, backend: str, p
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
         beta=cfg.beta,
-        loss_type=cfg.loss,
+        loss_type=[cfg.loss] if isinstance(cfg.loss, str) else list(cfg.loss),
+        **({"loss_weights": list(cfg.loss_weights)} if cfg.loss_weights is not None else {}),
         max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
         gradient_checkpointing=cuda and backend == "peft",  # Unsloth sets its own

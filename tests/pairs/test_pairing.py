@@ -228,7 +228,8 @@ def test_dataset_on_disk_matches_jsonl_and_is_replaced(tmp_path):
 
 
 def test_stats_fields(tmp_path):
-    chosen = [record(0, "**A**\n\n- x\n- y", tokens=4), record(1, "**B**\n\none two three", tokens=10)]
+    chosen = [record(0, "**A**\n\n- go to bed\n- eat your food", tokens=4),
+              record(1, "**B**\n\none two three", tokens=10)]
     rejected = [record(0, "short", model=WEAK, tokens=1), record(1, "tiny", model=WEAK, tokens=2)]
     out = by_model(tmp_path, chosen, rejected, scorer="list_items")
     stats = read_stats(out)
@@ -238,8 +239,9 @@ def test_stats_fields(tmp_path):
     assert set(stats["filters"]) == set(FILTERS)
     side = stats["chosen"]
     assert side["completion_tokens"] == {"mean": 7.0, "p50": 4, "p90": 10, "max": 10}
-    assert side["chars"]["max"] == len("**B**\n\none two three")
-    assert side["scorer_means"] == {"sections": 1.0, "paragraphs": 2.0, "list_items": 1.0, "length": 4.5}
+    assert side["chars"]["max"] == len("**A**\n\n- go to bed\n- eat your food")
+    assert side["scorer_means"] == {"sections": 1.0, "paragraphs": 2.0, "list_items": 1.0, "list_markers": 1.0,
+                                    "length": 6.5}
     assert stats["rejected"]["scorer_means"]["sections"] == 0.0
     assert stats["scorer"] == {"name": "list_items", "chosen_mean": 1.0, "rejected_mean": 0.0, "margin_mean": 1.0}
     assert "warning" not in stats

@@ -68,3 +68,63 @@ def test_each_warning_once():
     first = check(records[:7], loss_type="sigmoid", warmup_steps=0, steps_per_epoch=100)
     assert [w.kind for w in first] == ["stuck"]
     assert check(records, loss_type="sigmoid", warmup_steps=0, steps_per_epoch=100, already={"stuck"}) == []
+
+
+def rewards_log(n, *, loss, accuracy, chosen, rejected):
+    return [{"step": i + 1, "loss": loss(i), "rewards/accuracies": accuracy(i), "rewards/chosen": chosen(i),
+             "rewards/rejected": rejected(i), "rewards/margins": chosen(i) - rejected(i)} for i in range(n)]
+
+
+def over(records, **kw):
+    args = dict(loss_type="sigmoid_norm", warmup_steps=2, steps_per_epoch=8, beta=5.0, total_steps=20) | kw
+    return [w.kind for w in check(records, **args)]
+
+
+def all_kinds(records, **kw):
+    """Every kind raised over the run, as the callback sees it step by step."""
+    raised: list = []
+    for n in range(1, len(records) + 1):
+        args = dict(loss_type="sigmoid_norm", warmup_steps=2, steps_per_epoch=8, beta=5.0, total_steps=20) | kw
+        raised += [w.kind for w in check(records[:n], already=set(raised), **args)]
+    return raised
+
+
+# the demo's over-trained run (issue 26), in its own figures: by step 20 loss 0.048, accuracy 1.00,
+# chosen reward +110, rejected -291, margin 401, at beta 5
+COLLAPSING = rewards_log(20, loss=lambda i: max(0.69 - 0.09 * i, 0.04), accuracy=lambda i: min(0.5 + 0.1 * i, 1.0),
+                         chosen=lambda i: 5.5 * i, rejected=lambda i: -14.5 * i)
+# a run that learns the pairs and stops in time: margins of a few nats, loss well above 0
+HEALTHY = rewards_log(20, loss=lambda i: 0.69 - 0.015 * i, accuracy=lambda i: min(0.5 + 0.03 * i, 0.9),
+                      chosen=lambda i: 0.4 * i, rejected=lambda i: -0.8 * i)
+
+
+def test_an_over_trained_run_is_seen_and_a_healthy_one_is_not():
+    raised = all_kinds(COLLAPSING)
+    assert {"saturated", "runaway_margin", "rejected_plunge"} <= set(raised), raised
+    assert all_kinds(HEALTHY) == []
+    (w,) = [w for w in check(COLLAPSING, loss_type="sigmoid_norm", warmup_steps=2, steps_per_epoch=8, beta=5.0,
+                             total_steps=20) if w.kind == "runaway_margin"]
+    assert "nats apart" in w.message and "early stopping" in w.message and "max_steps" in w.message
+
+
+def test_over_training_rules_and_their_edges():
+    flat = lambda v: (lambda i: v)  # noqa: E731
+    saturated_at_10 = rewards_log(10, loss=flat(0.01), accuracy=flat(1.0), chosen=flat(1.0), rejected=flat(-1.0))
+    assert over(saturated_at_10) == ["saturated"]
+    assert over(saturated_at_10, total_steps=12) == [], "separated near the end of the run: that is the goal"
+    assert over(saturated_at_10, loss_type="ipo") == [], "only sigmoid losses go to 0"
+    assert over(saturated_at_10, total_steps=None) == []
+    not_all_right = rewards_log(10, loss=flat(0.01), accuracy=flat(0.75), chosen=flat(1.0), rejected=flat(-1.0))
+    assert over(not_all_right) == []
+    # the margin rule reads nats (reward / beta): 400 at beta 5 is 80 nats, at beta 10 it is 40
+    wide = rewards_log(5, loss=flat(0.3), accuracy=flat(0.9), chosen=flat(200.0), rejected=flat(-200.0))
+    assert over(wide) == ["runaway_margin"] and over(wide, beta=10.0) == [] and over(wide, beta=None) == []
+    # rejected falling far faster than chosen rises; both moving together is not a plunge
+    plunge = rewards_log(5, loss=flat(0.3), accuracy=flat(0.9), chosen=flat(20.0), rejected=flat(-200.0))
+    assert over(plunge) == ["rejected_plunge"]
+    together = rewards_log(5, loss=flat(0.3), accuracy=flat(0.9), chosen=flat(120.0), rejected=flat(-200.0))
+    assert "rejected_plunge" not in over(together)
+    one_spike = HEALTHY[:9] + rewards_log(1, loss=flat(0.3), accuracy=flat(0.9), chosen=flat(0.0),
+                                          rejected=flat(-300.0))
+    one_spike[-1]["step"] = 10
+    assert over(one_spike) == [], "the mean of the last 3 steps, not one noisy batch"
