@@ -7,7 +7,9 @@ server takes more of the work. Connection errors, timeouts, 5xx and 408/409/429 
 request back in the queue and make that endpoint wait (exponential backoff); an endpoint that fails
 ``retries`` times in a row is left out for the rest of the run; when none is left the run stops with
 the finished answers already handed out. Any other 4xx (a wrong model name, a bad parameter) stops at
-once with the server's own message.
+once with the server's own message. A reply that is malformed, implausible, larger than the cap or not
+complete within ``timeout`` (the whole exchange, not one read) counts as a failure of that endpoint
+(``replies.py``): nothing of it is stored.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from lite_delta.errors import LiteDeltaError
+from lite_delta.inference.replies import BadReply, CappedTransport, bad_reply_in, parse_chat_reply, parse_model_list
 
 RETRYABLE_STATUS = (408, 409, 429)  # and every 5xx: the server is busy or broken, not the request
 MAX_BACKOFF_S = 60.0
@@ -41,9 +44,9 @@ class ChatRequest:
 class ChatCompletion:
     request: ChatRequest
     text: str
-    finish_reason: str | None
-    prompt_tokens: int | None  # the server's count (response `usage`); None where it sends no usage
-    completion_tokens: int | None
+    finish_reason: str
+    prompt_tokens: int  # the server's counts (response `usage`), checked (replies.py)
+    completion_tokens: int
     endpoint: str
 
 
@@ -71,7 +74,13 @@ def server_root(url: str) -> str:
 
 
 def server_message(exc: Exception) -> str:
-    """The server's own error text from an openai exception (its JSON `error.message` where there is one)."""
+    """The server's own error text from an openai exception (its JSON `error.message` where there is one);
+    what was wrong with a bad reply; how long a timed-out request had."""
+    bad = bad_reply_in(exc)
+    if bad is not None:
+        return str(bad)
+    if isinstance(exc, TimeoutError):
+        return str(exc) or "no complete reply in time"
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         err = body.get("error", body)
@@ -85,7 +94,10 @@ def server_message(exc: Exception) -> str:
 def _kind(exc: Exception) -> str:
     import openai
 
-    if isinstance(exc, openai.APITimeoutError):
+    bad = bad_reply_in(exc)
+    if bad is not None:
+        return bad.kind
+    if isinstance(exc, (openai.APITimeoutError, TimeoutError)):
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
         return "connection"
@@ -97,7 +109,7 @@ def _kind(exc: Exception) -> str:
 def _retryable(exc: Exception) -> bool:
     import openai
 
-    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError is one too
+    if isinstance(exc, (openai.APIConnectionError, BadReply, TimeoutError)):  # APITimeoutError is a connection error
         return True
     return isinstance(exc, openai.APIStatusError) and (exc.status_code >= 500 or exc.status_code in RETRYABLE_STATUS)
 
@@ -133,9 +145,20 @@ class EndpointPool:
             self.api_key = "none"  # local servers take any key; the client insists on one
 
     def _client(self, url: str):
-        from openai import AsyncOpenAI
+        import httpx2 as httpx  # openai 3.x's HTTP client
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
-        return AsyncOpenAI(base_url=url, api_key=self.api_key, max_retries=0, timeout=self.timeout)
+        transport = CappedTransport(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+        http = DefaultAsyncHttpxClient(transport=transport, timeout=self.timeout)  # follows redirects, as the default
+        return AsyncOpenAI(base_url=url, api_key=self.api_key, max_retries=0, timeout=self.timeout, http_client=http)
+
+    async def _bounded(self, call):
+        """``call`` (a coroutine) within the request timeout as a whole: httpx's timeout is per read, so a
+        server that drips a byte at a time would never trip it."""
+        try:
+            return await asyncio.wait_for(call, self.timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no complete reply within {self.timeout:g} s") from None
 
     def _wait(self, failures: int) -> float:
         base = min(self.backoff * 2 ** (failures - 1), MAX_BACKOFF_S)
@@ -179,15 +202,15 @@ class EndpointPool:
         try:
             for attempt in range(1, self.retries + 2):
                 try:
-                    page = await client.models.list()
-                    e.served = [m.id for m in page.data]
+                    raw = await self._bounded(client.models.with_raw_response.list())
+                    e.served = parse_model_list(raw.http_response.content)
                     break
                 except openai.APIStatusError as exc:
                     if not _retryable(exc):
                         raise LiteDeltaError(f"endpoint {e.url} refused GET /models ({exc.status_code}): "
                                              f"{server_message(exc)}") from None
                     last = exc
-                except openai.APIConnectionError as exc:
+                except (openai.APIConnectionError, BadReply, TimeoutError) as exc:
                     last = exc
                 e.retries += 1
                 e.errors[_kind(last)] += 1
@@ -197,10 +220,10 @@ class EndpointPool:
                 e.down = f"{_kind(last)}: {server_message(last)}"
                 return
             try:  # llama-server reports its template; the OpenAI API has no field for it
-                props = await client.get(server_root(e.url) + "/props", cast_to=object)
+                props = await self._bounded(client.get(server_root(e.url) + "/props", cast_to=object))
                 template = props.get("chat_template") if isinstance(props, dict) else None
                 e.chat_template = template if isinstance(template, str) and template else None
-            except (openai.APIStatusError, openai.APIConnectionError):
+            except (openai.APIError, BadReply, TimeoutError):  # no usable /props: the template is unknown
                 e.chat_template = None
         finally:
             await client.close()
@@ -260,6 +283,12 @@ class EndpointPool:
             done.set()
 
         async def worker(e: EndpointState, client) -> None:
+            try:
+                await work(e, client)
+            except Exception as exc:  # noqa: BLE001 -- never a silent dead worker: the run stops and says why
+                fail(exc)
+
+        async def work(e: EndpointState, client) -> None:
             while not done.is_set():
                 request = await todo.get()
                 wait = e.retry_at - time.monotonic()
@@ -269,8 +298,9 @@ class EndpointPool:
                     todo.put_nowait(request)
                     return
                 try:
-                    response = await client.chat.completions.create(
-                        model=self.model, messages=request.messages, seed=request.seed, **sampling)
+                    raw = await self._bounded(client.chat.completions.with_raw_response.create(
+                        model=self.model, messages=request.messages, seed=request.seed, **sampling))
+                    reply = parse_chat_reply(raw.http_response.content)
                 except Exception as exc:  # noqa: BLE001 -- sorted below: retried, or the run stops
                     if not _retryable(exc):
                         status = getattr(exc, "status_code", "")
@@ -300,7 +330,8 @@ class EndpointPool:
                     continue
                 e.failures_in_a_row = 0
                 e.completed += 1
-                emit(_completion(request, response, e.url))
+                emit(ChatCompletion(request, reply.text, reply.finish_reason, reply.prompt_tokens,
+                                    reply.completion_tokens, e.url))
                 state["remaining"] -= 1
                 if state["remaining"] == 0:
                     done.set()
@@ -333,15 +364,3 @@ class EndpointPool:
             "errors": dict(sum((e.errors for e in self.endpoints), Counter())),
         }
 
-
-def _completion(request: ChatRequest, response, url: str) -> ChatCompletion:
-    choice = response.choices[0]
-    usage = getattr(response, "usage", None)
-    return ChatCompletion(
-        request=request,
-        text=(choice.message.content or "") if choice.message else "",
-        finish_reason=choice.finish_reason,
-        prompt_tokens=getattr(usage, "prompt_tokens", None),
-        completion_tokens=getattr(usage, "completion_tokens", None),
-        endpoint=url,
-    )

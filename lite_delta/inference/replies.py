@@ -1,0 +1,129 @@
+"""What an OpenAI-compatible server's reply must be before anything of it is stored or trusted.
+
+A server is another program: its reply can be malformed (not JSON, ``{}``, no choices), of the wrong
+shape (content that is not a string, no finish reason, no token counts), implausible (a 50 MB answer
+said to be 3 tokens) or endless (a body dripped one byte at a time, or one that never stops growing).
+Every such reply becomes a :class:`BadReply`, which the endpoint pool treats as it treats a 5xx: the
+request is retried and counted, and an endpoint that keeps answering so is left out. The bounds:
+``MAX_REPLY_BYTES`` on every response body (:class:`CappedTransport`), the request ``timeout`` on the
+whole exchange (not per read), and ``MAX_CHARS_PER_TOKEN`` between an answer and its token count.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import httpx2 as httpx  # the HTTP client the pinned openai (3.x) is built on: its transports plug in
+
+MAX_REPLY_BYTES = 16 * 1024 * 1024  # one chat completion; a 128k-token answer is ~0.5-1 MB of JSON
+MAX_CHARS_PER_TOKEN = 64  # tokenizers' longest tokens are runs of spaces or dashes, well under this
+FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "function_call")
+
+
+class BadReply(Exception):
+    """A reply the server should not have sent; ``kind`` is how it is counted (``bad_reply``, ``reply_too_large``)."""
+
+    def __init__(self, message: str, kind: str = "bad_reply"):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _count(usage: dict, field: str) -> int:
+    value = usage.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadReply(f"usage.{field} is not a token count (got {value!r:.40})")
+    return value
+
+
+def parse_chat_reply(body: bytes) -> ChatReply:
+    """The one answer in a POST /chat/completions body, checked field by field; BadReply otherwise."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested past the parser, huge integers
+        raise BadReply(f"the reply is not JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
+    if not isinstance(data, dict):
+        raise BadReply(f"the reply is JSON {type(data).__name__}, not an object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise BadReply("the reply has no `choices`")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise BadReply("the reply's choice has no `message` object")
+    text = message.get("content")
+    if text is None:
+        text = ""  # no content at all (a refusal or a tool call): an empty answer, counted as one
+    if not isinstance(text, str):
+        raise BadReply(f"the reply's `content` is {type(text).__name__}, not a string")
+    finish = choice.get("finish_reason")
+    if finish not in FINISH_REASONS:
+        raise BadReply(f"the reply's `finish_reason` is {finish!r:.40}, not one of {', '.join(FINISH_REASONS)}")
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        raise BadReply("the reply has no `usage` (token counts); lite-delta records them for pairing")
+    prompt_tokens, completion_tokens = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
+    if len(text) > MAX_CHARS_PER_TOKEN * max(completion_tokens, 1):
+        raise BadReply(f"the answer has {len(text):,} characters for {completion_tokens} tokens: "
+                       "the server's token count cannot be right")
+    return ChatReply(text, finish, prompt_tokens, completion_tokens)
+
+
+def parse_model_list(body: bytes) -> list[str]:
+    """The model ids in a GET /models body; BadReply where it is not the OpenAI shape."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BadReply(f"GET /models did not return JSON ({type(exc).__name__})") from None
+    entries = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in entries):
+        raise BadReply("GET /models did not return {\"data\": [{\"id\": ...}, ...]}")
+    return [m["id"] for m in entries]
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    def __init__(self, stream, limit: int):
+        self.stream, self.limit = stream, limit
+
+    async def __aiter__(self):
+        seen = 0
+        async for chunk in self.stream:
+            seen += len(chunk)
+            if seen > self.limit:
+                raise BadReply(f"the reply is larger than {self.limit // (1024 * 1024)} MiB", kind="reply_too_large")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class CappedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport, with every response body cut off (BadReply) past ``limit`` bytes."""
+
+    def __init__(self, limit: int = MAX_REPLY_BYTES, **kwargs):
+        super().__init__(**kwargs)
+        self.limit = limit
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        return httpx.Response(status_code=response.status_code, headers=response.headers,
+                              stream=_CappedStream(response.stream, self.limit), extensions=response.extensions)
+
+
+def bad_reply_in(exc: BaseException) -> BadReply | None:
+    """The BadReply behind an exception (the openai client wraps what the transport raises)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, BadReply):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
