@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
@@ -15,7 +16,8 @@ from lite_delta.errors import LiteDeltaError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # unknown fields are mistakes; so are inf and nan in any float (`epochs: .inf`, `--temperature inf`)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # Names lite-delta itself passes to a chat template; a kwarg may not replace them.
@@ -129,9 +131,16 @@ class EndpointTeacher(Strict):
     @field_validator("endpoints")
     @classmethod
     def _urls(cls, urls: list[str]) -> list[str]:
-        bad = [u for u in urls if not u.startswith(("http://", "https://"))]
-        if bad:
-            raise ValueError(f"endpoint URLs start with http:// or https:// (got {', '.join(bad)})")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint URLs start with http:// or https:// (got {url!r:.80})")
+            try:  # port out of range, an unclosed [IPv6 bracket, no host: refused here, not deep in the client
+                parts = urlsplit(url)
+                port = parts.port
+            except ValueError as exc:
+                raise ValueError(f"endpoint URL {url!r:.80} is not a URL ({exc})") from None
+            if not parts.hostname or port == 0:
+                raise ValueError(f"endpoint URL {url!r:.80} names no host and port, e.g. http://10.0.0.5:8080/v1")
         return [u.rstrip("/") for u in urls]
 
     def __str__(self) -> str:

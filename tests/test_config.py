@@ -46,6 +46,11 @@ DEMO = (REPO / "recipes" / "demo.yaml").read_text()
         (DEMO.replace("loss: sigmoid_norm", "loss: [sft, sft]", 1), "train.loss"),
         (DEMO.replace("beta: 5.0", "beta: 5.0\n  loss_weights: [1.0, 0.5, 2.0]", 1), "loss_weights"),
         (DEMO.replace("beta: 5.0", "beta: 5.0\n  loss_weights: [.nan]", 1), "loss_weights"),
+        # no infinity or nan in any float: a crashed dry run, random tokens, `Infinity` in generation.json
+        (DEMO.replace("temperature: 0.9", "temperature: .inf"), "generation.temperature"),
+        (DEMO.replace("learning_rate: 5.0e-4", "learning_rate: .inf"), "train.learning_rate"),
+        (DEMO.replace("beta: 5.0", "beta: .nan", 1), "train.beta"),
+        (DEMO.replace("max_steps: 14", "max_steps: 14\n  epochs: .inf"), "train.epochs"),
     ],
 )
 def test_bad_field_is_named_with_the_file(text, field, tmp_path):
@@ -67,6 +72,9 @@ BY_MODEL = "name: r\nprompts: {source: 'builtin:demo'}\nteachers: {chosen: big.g
         ("{derive: Q9_Z}", "field `teachers.rejected.derive`: unknown llama.cpp quant type 'Q9_Z'"),
         ("{derive: Q2_K, endpoints: ['http://h:1/v1']}", "field `teachers.rejected.endpoints`: Extra inputs"),
         ("{endpoints: ['ftp://h']}", "field `teachers.rejected.endpoints`: endpoint URLs start with http://"),
+        ("{endpoints: ['http://h:99999/v1']}", "is not a URL (Port out of range"),
+        ("{endpoints: ['http://[::1']}", "is not a URL (Invalid IPv6 URL)"),
+        ("{endpoints: ['http://:8080/v1']}", "names no host and port"),
         ("{model: m}", "field `teachers.rejected.endpoints`: Field required"),
         ("5", "field `teachers.rejected`: Input should be a valid string"),
     ],
@@ -127,3 +135,14 @@ def test_a_combined_loss_reaches_trl_as_a_list_with_its_weights(tmp_path):
     single = dpo_args(TrainConfig(student="x", pairs=tmp_path, out=tmp_path), tmp_path / "ck", cuda=False,
                       backend="peft", precision="fp32")
     assert single.loss_type == ["sigmoid_norm"] and single.loss_weights is None
+
+
+@pytest.mark.parametrize("option", [["--temperature", "inf"], ["--temperature", "nan"], ["--request-timeout", "inf"]])
+def test_infinite_options_exit_2_before_anything_runs(option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--prompts", "builtin:demo", "--out", str(tmp_path / "o"), "--endpoint",
+              "http://127.0.0.1:9/v1", *option])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert "finite number" in err or "greater than or equal to 0" in err  # nan fails the bound first
+    assert not (tmp_path / "o").exists()
