@@ -43,3 +43,76 @@ def test_template_errors_and_sandbox_escapes_become_clear_errors():
 def test_tojson_is_plain_json_as_in_transformers():
     out = render_chat("{{ messages[0]['content'] | tojson }}", [{"role": "user", "content": "<b>&é"}])
     assert out == '"<b>&é"'
+
+
+HOSTILE_TEMPLATES = {  # each, rendered unbounded, raises a non-Jinja error, eats gigabytes or never returns
+    "zero_division": ("{{ 1 // 0 }}", "ZeroDivisionError"),
+    "huge_range": ("{% for i in range(10**9) %}x{% endfor %}", "number over 1,000,000"),
+    "loop_of_loops": ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+                      "template steps"),
+    "string_times": ("{{ 'x' * 10**10 }}", "value over 1,000,000"),
+    "list_times": ("{{ ([0] * 99999) * 99999 }}", "value over 1,000,000"),
+    "doubling_tilde": ("{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}"
+                       "{% endfor %}", "value over 1,000,000"),
+    "doubling_plus": ("{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s + ns.s %}"
+                      "{% endfor %}", "value over 1,000,000"),
+    "width_filter": ("{{ 'x'|center(10**9) }}", "number over 1,000,000"),
+    "width_method": ("{{ 'x'.ljust(10**9) }}", "number over 1,000,000"),
+    "format_width": ("{{ '{:>999999999}'.format('x') }}", "width over 1,000,000"),
+    "percent_width": ("{{ '%999999999s' % 'x' }}", "width over 1,000,000"),
+    "replace_growth": ("{% set ns = namespace(s='x' * 1000) %}{% for i in range(5) %}"
+                       "{% set ns.s = ns.s.replace('', ns.s) %}{% endfor %}", "over 1,000,000 characters"),
+    "power_tower": ("{{ 10 ** (10 ** 10) }}", "exponent over 4096"),
+    "endless_output": ("{% for i in range(99999) %}{{ 'y' * 999999 }}{% endfor %}", "rendered prompt over"),
+    "recursion": ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_TEMPLATES)
+def test_hostile_templates_end_in_one_clear_error(name):
+    import threading
+
+    template, says = HOSTILE_TEMPLATES[name]
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(
+        error=_error(lambda: render_chat(template, [{"role": "user", "content": "hi"}], source="evil.gguf"))),
+        daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "the template still runs after 30 s"
+    assert isinstance(outcome["error"], LiteDeltaError), outcome["error"]
+    assert "chat template of evil.gguf failed to render" in str(outcome["error"]) and says in str(outcome["error"])
+
+
+def _error(fn):
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001 -- the test looks at what came out
+        return exc
+    return None
+
+
+def test_real_templates_render_within_the_bounds(smollm2_gguf):
+    """The bounds leave a real template alone: SmolLM2's own, on a long conversation, as before."""
+    model = GGUFModel(smollm2_gguf)
+    long = [{"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 2000} for i in range(41)]
+    text = model.render(long)
+    assert text.count("<|im_start|>") == 43 and len(text) > 400_000  # 41 turns, the system turn, the prompt
+    model.close()
+
+
+def test_a_gguf_with_a_hostile_template_stops_generate_with_exit_2(tmp_path, smollm2_gguf, write_prompts):
+    """Through the real command: a GGUF whose tokenizer.chat_template never ends its loops."""
+    import subprocess
+    import sys
+
+    from lite_delta.models.random_gguf import write_random_gguf
+
+    gguf = write_random_gguf(tmp_path / "evil.gguf", tokenizer_from=smollm2_gguf,
+                             chat_template=HOSTILE_TEMPLATES["loop_of_loops"][0])
+    prompts = write_prompts(tmp_path / "p.jsonl", ["hi"])
+    run = subprocess.run([sys.executable, "-m", "lite_delta", "generate", "--model", str(gguf), "--prompts",
+                          str(prompts), "--out", str(tmp_path / "out"), "--max-tokens", "4"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "template steps" in run.stderr and "Traceback" not in run.stderr
