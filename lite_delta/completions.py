@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lite_delta.errors import LiteDeltaError
+from lite_delta.files import FolderLock
 
 COMPLETIONS_FILE = "completions.jsonl"
 
@@ -115,15 +116,20 @@ class CompletionStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FolderLock(self.path.parent, "--out").acquire()  # two writers would duplicate every key
         self.records: dict[str, dict] = {}
-        if self.path.exists():
-            records, good_end = _parse_lines(self.path)
-            if good_end < self.path.stat().st_size:
-                with open(self.path, "r+b") as f:  # cut the torn tail so appends start on a fresh line
-                    f.truncate(good_end)
-            for record in records:
-                self.records.setdefault(record["key"], record)
-        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            if self.path.exists():
+                records, good_end = _parse_lines(self.path)
+                if good_end < self.path.stat().st_size:
+                    with open(self.path, "r+b") as f:  # cut the torn tail so appends start on a fresh line
+                        f.truncate(good_end)
+                for record in records:
+                    self.records.setdefault(record["key"], record)
+            self._file = open(self.path, "a", encoding="utf-8")
+        except BaseException:
+            self._lock.release()
+            raise
 
     def __contains__(self, key: str) -> bool:
         return key in self.records
@@ -156,6 +162,7 @@ class CompletionStore:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+        self._lock.release()
 
     def __enter__(self) -> "CompletionStore":
         return self

@@ -1,6 +1,6 @@
 """Files that survive a crash: atomic writes (the old file or the new one, never half of one),
-append-only JSONL records read back with a torn last line cut off, and output folders checked
-before a stage starts its work."""
+append-only JSONL records read back with a torn last line cut off, output folders checked
+before a stage starts its work, and one process at a time writing into a folder."""
 
 from __future__ import annotations
 
@@ -108,3 +108,46 @@ def read_appended(path: Path, key: Callable[[dict], Hashable], *, repair: bool =
         with open(path, "r+b") as f:
             f.truncate(good)
     return done
+
+
+LOCK_FILE = ".lite-delta.lock"
+
+
+class FolderLock:
+    """One lite-delta process at a time writing into ``folder`` (an advisory lock on FOLDER/.lite-delta.lock,
+    released when the process ends, however it ends). A second process gets one LiteDeltaError naming the
+    holder, instead of both appending the same records. Where the OS has no flock (Windows), nothing is locked."""
+
+    def __init__(self, folder: str | Path, option: str):
+        self.folder, self.option, self._fd = Path(folder), option, None
+
+    def acquire(self) -> "FolderLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise LiteDeltaError(f"{self.folder} is in use by another lite-delta process"
+                                 f"{f' (pid {holder})' if holder.isdigit() else ''}: let it finish, or use another "
+                                 f"{self.option}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -27,7 +27,7 @@ from rich.console import Console
 from lite_delta.config import (ENDPOINT_PLACEMENT, DerivedTeacher, EndpointTeacher, GenerateConfig, Recipe,
                                TrainConfig, load_recipe)
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import writable_dir, write_json
+from lite_delta.files import FolderLock, writable_dir, write_json
 
 console = Console(stderr=True)
 
@@ -631,6 +631,14 @@ def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs", overri
         print_plan(recipe, plans, run_dir)
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(run_dir, "--runs-dir or recipe name"):  # a second run here would clear what this one writes
+        manifest = Manifest.load(run_dir)  # as it is now that this process holds the folder
+        _run_stages(recipe, recipe_path, overrides, manifest, run_dir, from_stage=from_stage, until_stage=until_stage)
+    return run_dir
+
+
+def _run_stages(recipe: Recipe, recipe_path, overrides, manifest: Manifest, run_dir: Path, *, from_stage, until_stage):
+    plans = plan_stages(recipe, manifest, from_stage=from_stage, until_stage=until_stage)
     manifest.data.update(recipe=recipe.model_dump(mode="json"), recipe_path=str(recipe_path),
                          overrides=list(overrides))
     for plan in plans:
@@ -665,7 +673,6 @@ def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs", overri
             info = json.loads(train_json.read_text(encoding="utf-8"))
             manifest.data["training"] = {k: info[k] for k in ("backend", "device", "precision")}
         manifest.save()
-    return run_dir
 
 
 def chat_templates(run_dir: Path) -> dict:

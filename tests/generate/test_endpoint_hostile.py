@@ -77,7 +77,8 @@ class Hostile(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         type(self).posts += 1
         try:
-            if self.behaviour == "good":
+            if self.behaviour in ("good", "slow"):
+                time.sleep(1.0 if self.behaviour == "slow" else 0)
                 self.send(json.dumps(chat()).encode())
             elif self.behaviour == "drip":  # a valid reply, one byte every 0.5 s: each read is quick
                 body = json.dumps(chat()).encode()
@@ -203,3 +204,21 @@ def test_cli_against_a_hostile_server_exits_2_with_one_line(tmp_path, serve, wri
     assert "Traceback" not in run.stderr and "not JSON" in run.stderr
     assert len([line for line in run.stderr.splitlines() if line.startswith("error")]) == 1
     assert read_completions(tmp_path / "out") == []
+
+
+def test_two_processes_on_one_out_folder(tmp_path, serve, write_prompts):
+    """The second `generate` on a folder in use exits 2 naming the first; the first finishes every key once."""
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"Give me {k} tips." for k in range(4)])
+    url, out = serve("slow"), tmp_path / "out"
+    args = [sys.executable, "-m", "lite_delta", "generate", "--prompts", str(prompts), "--out", str(out),
+            "--endpoint", url, "--max-in-flight", "1"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "completions.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert second.returncode == 2 and f"in use by another lite-delta process (pid {first.pid})" in second.stderr
+    assert "Traceback" not in second.stderr
+    keys = [r["key"] for r in read_completions(out)]
+    assert len(keys) == len(set(keys)) == 4
