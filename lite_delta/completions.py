@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import FolderLock
+from lite_delta.files import FolderLock, parse_json
 
 COMPLETIONS_FILE = "completions.jsonl"
 
@@ -80,10 +80,10 @@ def _parse_lines(path: Path) -> tuple[list[dict], int]:
             break
         raw = data[pos:nl]
         try:
-            record = json.loads(raw.decode("utf-8"))
+            record = parse_json(raw, "it")
             if not isinstance(record, dict) or "key" not in record:
                 raise ValueError("not a completion record")
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (LiteDeltaError, ValueError) as exc:
             if data.find(b"\n", nl + 1) == -1 and not data[nl + 1 :].strip():
                 break  # a garbled last line is a torn write too
             raise LiteDeltaError(

@@ -78,7 +78,8 @@ class GenerationConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 = off")
     max_tokens: int = Field(2048, gt=0, description="new tokens per answer (paper: 2048)")
-    stop: list[str] = Field(default_factory=list)
+    # an empty stop string (an unset shell variable) would end every answer before its first token
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     samples_per_prompt: int = Field(1, gt=0)
     seed: int = 0
     parallel: int = Field(16, gt=0, description="sequences decoded at once by the batched engine")

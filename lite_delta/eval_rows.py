@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lite_delta.errors import LiteDeltaError
+from lite_delta.files import parse_json
 
 DATA_DIR_HINT = "pass --data-dir DIR with local copies (DIR/<task>/..., the layout of lite-delta's benchdata)"
 
@@ -49,13 +50,10 @@ BBH_TASKS = (
 
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is named by parse_json, not raised mid-loop
         for n, line in enumerate(f, 1):
             if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as exc:
-                    raise LiteDeltaError(f"{path}: line {n} is not JSON ({exc})") from None
+                rows.append(parse_json(line, f"{path}: line {n}"))
     return rows
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -85,6 +86,48 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # how a lone surrogate gets into JSON
+
+
+def _lone_surrogate(value) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def parse_json(data: bytes | str, where: str):
+    """One JSON document (a file, or one line of a JSONL file) that someone else wrote, as a value; any way it
+    can be broken is one LiteDeltaError naming ``where`` (a file, or "FILE: line N"): not UTF-8, not JSON,
+    nested past the parser, an integer past Python's 4300 digits, or a lone UTF-16 surrogate ("\\ud800"), which
+    is valid JSON but not text, and would fail every later write or hash."""
+    try:
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise LiteDeltaError(f"{where} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LiteDeltaError(f"{where} is not valid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise LiteDeltaError(f"{where} nests JSON deeper than can be read") from None
+    except ValueError as exc:  # e.g. an integer over 4300 digits
+        raise LiteDeltaError(f"{where} is not valid JSON: {str(exc)[:100]}") from None
+    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(value):
+        raise LiteDeltaError(f"{where} holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text: fix it")
+    return value
+
+
 def read_appended(path: Path, key: Callable[[dict], Hashable], *, repair: bool = True) -> dict:
     """Records of an append-only JSONL file by key. A torn last line (a run killed mid-write) is
     dropped, and with ``repair`` cut off the file; a corrupt line before the end is an error."""
@@ -93,15 +136,16 @@ def read_appended(path: Path, key: Callable[[dict], Hashable], *, repair: bool =
     raw = path.read_bytes()
     done: dict = {}
     good = 0
-    for line in raw.splitlines(keepends=True):
+    for number, line in enumerate(raw.splitlines(keepends=True), 1):
         if not line.endswith(b"\n"):
             break
         try:
-            record = json.loads(line)
+            record = parse_json(line, f"{path}: line {number}")
             done[key(record)] = record
-        except (ValueError, KeyError, TypeError):
+        except (LiteDeltaError, KeyError, TypeError, ValueError) as exc:
             if raw[good + len(line):].strip():
-                raise LiteDeltaError(f"{path}: a corrupt line that is not the last one; fix or delete it") from None
+                reason = exc if isinstance(exc, LiteDeltaError) else f"{path}: line {number} is not a record ({exc!r:.80})"
+                raise LiteDeltaError(f"{reason}; it is not the last line (a torn write): fix or delete it") from None
             break
         good += len(line)
     if repair and good < len(raw):

@@ -27,7 +27,7 @@ from rich.console import Console
 from lite_delta.config import (ENDPOINT_PLACEMENT, DerivedTeacher, EndpointTeacher, GenerateConfig, Recipe,
                                TrainConfig, load_recipe)
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import FolderLock, writable_dir, write_json
+from lite_delta.files import FolderLock, parse_json, writable_dir, write_json
 
 console = Console(stderr=True)
 
@@ -232,9 +232,14 @@ class Manifest:
         path = run_dir / MANIFEST
         if path.is_file():
             try:
-                return cls(path, json.loads(path.read_text(encoding="utf-8")))
-            except json.JSONDecodeError:
-                raise LiteDeltaError(f"{path} is not valid JSON: delete it to rerun every stage") from None
+                data = parse_json(path.read_bytes(), str(path))
+            except LiteDeltaError as exc:
+                raise LiteDeltaError(f"{exc}; delete it to rerun every stage") from None
+            stages = data.get("stages") if isinstance(data, dict) else None
+            if not isinstance(stages, dict) or not all(isinstance(s, dict) for s in stages.values()):
+                raise LiteDeltaError(f"{path} is not a run manifest (an object with a `stages` object): "
+                                     "delete it to rerun every stage")
+            return cls(path, data)
         return cls(path, {"stages": {}})
 
     def stage(self, name: str) -> dict:

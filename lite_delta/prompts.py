@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lite_delta.errors import LiteDeltaError
+from lite_delta.files import parse_json
 
 # Checked in this order when no column is named.
 PROMPT_COLUMNS = ("messages", "prompt", "chosen", "conversations", "instruction", "question")
@@ -157,16 +158,9 @@ def _read_file(path: Path):
 def _parse_jsonl(label: str, data: bytes):
     rows: list[tuple[str, dict]] = []
     for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise LiteDeltaError(f"{label} line {number} is not UTF-8 text: save the file as UTF-8") from None
-        if not line.strip():
+        if not raw.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LiteDeltaError(f"{label} line {number} is not valid JSON: {exc.msg} (column {exc.colno})") from None
+        row = parse_json(raw, f"{label} line {number}")
         if not isinstance(row, dict):
             raise LiteDeltaError(f"{label} line {number} is not a JSON object: each line must be {{\"prompt\": ...}}")
         rows.append((f"line {number}", row))
@@ -176,12 +170,7 @@ def _parse_jsonl(label: str, data: bytes):
 
 
 def _parse_json(label: str, data: bytes):
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise LiteDeltaError(f"{label} is not UTF-8 text: save the file as UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise LiteDeltaError(f"{label} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    doc = parse_json(data, label)
     if isinstance(doc, dict):
         doc = next((doc[k] for k in ("data", "rows", "train") if isinstance(doc.get(k), list)), doc)
     if not isinstance(doc, list):

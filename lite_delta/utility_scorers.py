@@ -105,11 +105,15 @@ def get_scorer(name: str) -> Scorer:
             f"unknown scorer {name!r}: use one of {builtins}, or 'package.module:function' for your own"
         )
     module_name, _, attr = name.partition(":")
+    if not all(part.isidentifier() for part in module_name.split(".")) or not attr.isidentifier():
+        raise LiteDeltaError(f"scorer {name!r} is not 'package.module:function' (dotted names, no leading dot); "
+                             f"or use one of {builtins}")
     try:
         func = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- the user's module may raise anything while importing
         raise LiteDeltaError(
-            f"cannot import scorer {name!r} ({exc}); check it is importable, or use one of {builtins}"
+            f"cannot import scorer {name!r} ({type(exc).__name__}: {exc}); check it is importable, or use one of "
+            f"{builtins}"
         ) from None
     if not callable(func):
         raise LiteDeltaError(f"scorer {name!r} is not a function; use one of {builtins} or a callable str -> float")

@@ -51,6 +51,7 @@ DEMO = (REPO / "recipes" / "demo.yaml").read_text()
         (DEMO.replace("learning_rate: 5.0e-4", "learning_rate: .inf"), "train.learning_rate"),
         (DEMO.replace("beta: 5.0", "beta: .nan", 1), "train.beta"),
         (DEMO.replace("max_steps: 14", "max_steps: 14\n  epochs: .inf"), "train.epochs"),
+        (DEMO.replace("temperature: 0.9", "temperature: 0.9\n  stop: ['']", 1), "generation.stop"),
     ],
 )
 def test_bad_field_is_named_with_the_file(text, field, tmp_path):

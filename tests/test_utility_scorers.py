@@ -99,8 +99,11 @@ def test_get_scorer_imports_user_function():
     assert get_scorer("os.path:basename")("a/b") == "b"
 
 
-@pytest.mark.parametrize("name", ["bogus", "no_such_module_xyz:f", "os.path:no_such_function", ":f"])
-def test_get_scorer_unknown_names_builtins(name):
+@pytest.mark.parametrize("name", ["bogus", "no_such_module_xyz:f", "os.path:no_such_function", ":f", ".foo:bar",
+                                  "..x:y", "os.path:", "a b:c", "this_raises_on_import:f"])
+def test_get_scorer_unknown_names_builtins(name, tmp_path, monkeypatch):
+    (tmp_path / "this_raises_on_import.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(LiteDeltaError, match="sections, paragraphs, list_items, list_markers, length"):
         get_scorer(name)
 

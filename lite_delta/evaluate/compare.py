@@ -7,7 +7,6 @@ recomputes both scores, and takes the difference. The macro average's CI comes f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,14 @@ import numpy as np
 from lite_delta.bootstrap import N_BOOTSTRAP, group_mean, resample_indices
 from lite_delta.errors import LiteDeltaError
 from lite_delta.evaluate.stage import PREDICTIONS_FILE, RESULTS_FILE, read_predictions
-from lite_delta.files import writable_dir, write_json, write_text
+from lite_delta.files import parse_json, writable_dir, write_json, write_text
 
 
 def _load(run: Path) -> dict:
     path = Path(run) / RESULTS_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LiteDeltaError(f"no {RESULTS_FILE} in {run}: run `lite-delta eval --out {run}` first") from None
-    except ValueError as exc:
-        raise LiteDeltaError(f"{path} is not valid JSON ({exc})") from None
+    if not path.is_file():
+        raise LiteDeltaError(f"no {RESULTS_FILE} in {run}: run `lite-delta eval --out {run}` first")
+    return parse_json(path.read_bytes(), str(path))
 
 
 def compare(base_dir: Path, tuned_dir: Path, out: Path, *, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 from lite_delta.errors import LiteDeltaError
 from lite_delta.evaluate import data
 from lite_delta.evaluate.tasks import SKIPPED, TASKS, Task, make_task, seeded_random_note
-from lite_delta.files import read_appended, writable_dir, write_json
+from lite_delta.files import parse_json, read_appended, writable_dir, write_json
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -268,10 +268,7 @@ def score_file(task_name: str, predictions: Path, *, data_dir: Path | None = Non
             if not line.strip():
                 continue
             where = f"{predictions}: line {n}"
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise LiteDeltaError(f"{where} is not valid JSON ({exc.msg})") from None
+            record = parse_json(line, where)
             if not isinstance(record, dict):
                 raise LiteDeltaError(f"{where} is not a JSON object")
             if "id" not in record:

@@ -11,10 +11,12 @@ whole exchange (not per read), and ``MAX_CHARS_PER_TOKEN`` between an answer and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import httpx2 as httpx  # the HTTP client the pinned openai (3.x) is built on: its transports plug in
+
+from lite_delta.errors import LiteDeltaError
+from lite_delta.files import parse_json
 
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # one chat completion; a 128k-token answer is ~0.5-1 MB of JSON
 MAX_CHARS_PER_TOKEN = 64  # tokenizers' longest tokens are runs of spaces or dashes, well under this
@@ -37,6 +39,13 @@ class ChatReply:
     completion_tokens: int
 
 
+def _parsed(body: bytes, where: str):
+    try:  # not UTF-8, not JSON, nested past the parser, huge integers, lone surrogates: one reason each
+        return parse_json(body, where)
+    except LiteDeltaError as exc:
+        raise BadReply(str(exc)) from None
+
+
 def _count(usage: dict, field: str) -> int:
     value = usage.get(field)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -46,10 +55,7 @@ def _count(usage: dict, field: str) -> int:
 
 def parse_chat_reply(body: bytes) -> ChatReply:
     """The one answer in a POST /chat/completions body, checked field by field; BadReply otherwise."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested past the parser, huge integers
-        raise BadReply(f"the reply is not JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
+    data = _parsed(body, "the reply")
     if not isinstance(data, dict):
         raise BadReply(f"the reply is JSON {type(data).__name__}, not an object")
     choices = data.get("choices")
@@ -79,10 +85,7 @@ def parse_chat_reply(body: bytes) -> ChatReply:
 
 def parse_model_list(body: bytes) -> list[str]:
     """The model ids in a GET /models body; BadReply where it is not the OpenAI shape."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise BadReply(f"GET /models did not return JSON ({type(exc).__name__})") from None
+    data = _parsed(body, "GET /models")
     entries = data.get("data") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in entries):
         raise BadReply("GET /models did not return {\"data\": [{\"id\": ...}, ...]}")

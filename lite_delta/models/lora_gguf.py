@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lite_delta.errors import LiteDeltaError
+from lite_delta.files import parse_json
 
 # GGUF architecture -> whether llama.cpp's converter permutes the rows of attn_q / attn_k.
 ARCHITECTURES = {"llama": True, "qwen2": False, "qwen3": False}
@@ -67,10 +68,9 @@ def read_peft_lora(folder: str | Path) -> PeftLora:
             f"{folder} is not a PEFT adapter folder (no adapter_config.json): pass the adapter/ folder "
             "that `lite-delta train` wrote"
         )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise LiteDeltaError(f"{config_file} is not valid JSON: {exc}") from None
+    config = parse_json(config_file.read_bytes(), str(config_file))
+    if not isinstance(config, dict):
+        raise LiteDeltaError(f"{config_file} is not a JSON object: pass the adapter/ folder that `lite-delta train` wrote")
     if config.get("peft_type") != "LORA":
         raise LiteDeltaError(f"{config_file}: peft_type is {config.get('peft_type')!r}; only LoRA adapters export to GGUF")
     if config.get("use_dora"):

@@ -10,10 +10,10 @@ messages. Per row, three layouts are accepted:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lite_delta.errors import LiteDeltaError
+from lite_delta.files import parse_json
 
 PAIRS_FILE = "pairs.jsonl"
 ROLES = ("system", "user", "assistant", "tool")
@@ -110,27 +110,13 @@ def _read_jsonl(source: Path) -> list[tuple[int, object]]:
     numbered = []
     with open(source, "rb") as f:
         for number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise LiteDeltaError(f"{source} row {number} is not valid UTF-8; re-save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                numbered.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                message = f"{source} row {number} is not valid JSON ({exc.msg}); fix or remove that line"
-                raise LiteDeltaError(message) from None
+            if raw.strip():
+                numbered.append((number, parse_json(raw, f"{source} row {number}")))
     return numbered
 
 
 def _read_json(source: Path) -> list[tuple[int, object]]:
-    try:
-        value = json.loads(source.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError:
-        raise LiteDeltaError(f"{source} is not valid UTF-8; re-save the file as UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise LiteDeltaError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it") from None
+    value = parse_json(source.read_bytes(), str(source))
     if not isinstance(value, list):
         raise LiteDeltaError(f"{source} must hold a JSON list of pair objects; wrap the rows in [ ... ]")
     return list(enumerate(value, 1))

@@ -30,11 +30,11 @@ from the pinned TRL and Unsloth sources (the tests compare them with the install
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lite_delta.errors import LiteDeltaError
+from lite_delta.files import parse_json
 
 GIB = 1024**3
 NF4_BYTES = 4.127 / 8  # NF4 weights + double-quantized absmax (bitsandbytes)
@@ -217,10 +217,7 @@ def load_shapes(ref: str, *, local_only: bool = False) -> Shapes:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise LiteDeltaError(f"{path} is not valid JSON: {exc}") from None
+    data = parse_json(path.read_bytes(), str(path))
     if not isinstance(data, dict):
         raise LiteDeltaError(f"{path} is not a JSON object")
     return data

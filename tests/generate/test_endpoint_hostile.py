@@ -39,6 +39,7 @@ REPLIES = {
     "deep_nesting": b"[" * 100_000 + b"]" * 100_000,
     "huge_integer": b'{"choices": ' + b"9" * 5000 + b"}",
     "not_utf8": b'{"choices": "\xff\xfe"}',
+    "lone_surrogate": json.dumps(chat(content="\ud800 list")).encode(),
     "content_not_string": json.dumps(chat(content=["a", "b"])).encode(),
     "finish_null": json.dumps(chat(finish=None)).encode(),
     "no_usage": json.dumps({k: v for k, v in chat().items() if k != "usage"}).encode(),
@@ -144,9 +145,10 @@ def _bounded(fn, seconds: float):
 
 
 @pytest.mark.parametrize("behaviour, says", [
-    ("not_json", "not JSON"), ("empty_object", "no `choices`"), ("no_choices", "no `choices`"),
-    ("json_list", "not an object"), ("deep_nesting", "not JSON"), ("huge_integer", "not JSON"),
-    ("not_utf8", "not JSON"), ("content_not_string", "`content` is list"), ("finish_null", "`finish_reason` is None"),
+    ("not_json", "not valid JSON"), ("empty_object", "no `choices`"), ("no_choices", "no `choices`"),
+    ("json_list", "not an object"), ("deep_nesting", "nests JSON deeper"), ("huge_integer", "not valid JSON"),
+    ("not_utf8", "not UTF-8"), ("lone_surrogate", "lone UTF-16 surrogate"),
+    ("content_not_string", "`content` is list"), ("finish_null", "`finish_reason` is None"),
     ("no_usage", "no `usage`"), ("string_counts", "usage.prompt_tokens"), ("negative_counts", "usage.completion_tokens"),
     ("long_answer_few_tokens", "200,000 characters for 3 tokens"),
 ])
@@ -185,11 +187,12 @@ def test_endless_replies_are_cut_off(behaviour, says, tmp_path, serve, write_pro
     assert time.monotonic() - started < 30 and read_completions(tmp_path / "out") == []
 
 
-@pytest.mark.parametrize("models", [b"[]", b"null", b'{"data": [{"name": "x"}]}', b"not json", b'{"data": {}}'])
+@pytest.mark.parametrize("models", [b"[]", b"null", b'{"data": [{"name": "x"}]}', b"not json", b'{"data": {}}',
+                                    b'{"data": [{"id": "\\udc00"}]}'])
 def test_malformed_model_list_is_one_clear_line(models, tmp_path, serve, write_prompts):
     prompts = write_prompts(tmp_path / "p.jsonl", ["Name two rivers."])
     cfg = _config(tmp_path, prompts, serve("good", models=models))
-    with pytest.raises(LiteDeltaError, match=r"no endpoint could be reached: .*GET /models did not return"):
+    with pytest.raises(LiteDeltaError, match=r"no endpoint could be reached: .*GET /models (did not return|is not valid JSON|holds a lone)"):
         _bounded(lambda: generate(cfg, progress=False), 60)
 
 
@@ -201,7 +204,7 @@ def test_cli_against_a_hostile_server_exits_2_with_one_line(tmp_path, serve, wri
                           "--out", str(tmp_path / "out"), "--endpoint", url, "--retries", "1", "--backoff", "0.05",
                           "--request-timeout", "5"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
-    assert "Traceback" not in run.stderr and "not JSON" in run.stderr
+    assert "Traceback" not in run.stderr and "not valid JSON" in run.stderr
     assert len([line for line in run.stderr.splitlines() if line.startswith("error")]) == 1
     assert read_completions(tmp_path / "out") == []
 
