@@ -21,7 +21,24 @@ def _load(run: Path) -> dict:
     path = Path(run) / RESULTS_FILE
     if not path.is_file():
         raise LiteDeltaError(f"no {RESULTS_FILE} in {run}: run `lite-delta eval --out {run}` first")
-    return parse_json(path.read_bytes(), str(path))
+    data = parse_json(path.read_bytes(), str(path))
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    if not isinstance(tasks, dict) or not all(
+            isinstance(t, dict) and isinstance(t.get("settings"), dict)
+            and isinstance(t.get("ids", []), list) for t in tasks.values()):
+        raise LiteDeltaError(f"{path} is not a `lite-delta eval` results file (an object with `tasks`, each with "
+                             f"`settings`): rerun `lite-delta eval --out {run}`")
+    return data
+
+
+def _scores(items: dict, ids: list, where: Path) -> np.ndarray:
+    try:
+        scores = np.array([float(items[i]["score"]) for i in ids])
+    except (KeyError, TypeError, ValueError):
+        raise LiteDeltaError(f"{where}: a prediction without a numeric `score`: rerun `lite-delta eval`") from None
+    if not np.all(np.isfinite(scores)):
+        raise LiteDeltaError(f"{where}: a prediction whose `score` is not finite: rerun `lite-delta eval`")
+    return scores
 
 
 def compare(base_dir: Path, tuned_dir: Path, out: Path, *, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
@@ -47,8 +64,8 @@ def compare(base_dir: Path, tuned_dir: Path, out: Path, *, n_bootstrap: int = N_
             continue
         if len(ids) < max(len(b_ids), len(t_ids)):
             warnings.append(f"{task}: only {len(ids)} of {len(b_ids)}/{len(t_ids)} items are in both runs")
-        b = np.array([float(b_items[i]["score"]) for i in ids])
-        t = np.array([float(t_items[i]["score"]) for i in ids])
+        b = _scores(b_items, ids, Path(base_dir) / task / PREDICTIONS_FILE)
+        t = _scores(t_items, ids, Path(tuned_dir) / task / PREDICTIONS_FILE)
         strata = [b_items[i].get("stratum") for i in ids]
         groups = np.array([str(s) for s in strata]) if task == "mmlu" else None
         idx = resample_indices(len(ids), groups, rng, n_bootstrap)

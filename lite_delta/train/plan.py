@@ -136,23 +136,31 @@ class Estimate:
         return self.weights_gib + self.adapter_gib + self.activations_gib + self.logits_gib + self.context_gib
 
 
+def _size(text: dict, key: str, default: int | None = None) -> int:
+    """A positive integer field of a model config; one clear error for a missing, "wide" or negative one."""
+    value = text.get(key) if text.get(key) is not None else default
+    if value is None:
+        raise LiteDeltaError(f"the model's config.json has no {key}: not a decoder-only language model?")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise LiteDeltaError(f"the model's config.json has {key} {value!r:.40}: a size must be a positive integer")
+    return value
+
+
 def shapes_from_config(config: dict) -> Shapes:
     text = config.get("text_config", config)  # multimodal wrappers keep the LM under text_config
-    try:
-        hidden = int(text["hidden_size"])
-        heads = int(text["num_attention_heads"])
-        return Shapes(
-            vocab=int(text["vocab_size"]),
-            hidden=hidden,
-            layers=int(text["num_hidden_layers"]),
-            intermediate=int(text["intermediate_size"]),
-            heads=heads,
-            kv_heads=int(text.get("num_key_value_heads") or heads),
-            head_dim=int(text.get("head_dim") or hidden // heads),
-            tied_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
-        )
-    except KeyError as exc:
-        raise LiteDeltaError(f"the model's config.json has no {exc.args[0]}: not a decoder-only language model?") from None
+    if not isinstance(text, dict):
+        raise LiteDeltaError("the model's config.json has a text_config that is not an object")
+    hidden, heads = _size(text, "hidden_size"), _size(text, "num_attention_heads")
+    return Shapes(
+        vocab=_size(text, "vocab_size"),
+        hidden=hidden,
+        layers=_size(text, "num_hidden_layers"),
+        intermediate=_size(text, "intermediate_size"),
+        heads=heads,
+        kv_heads=_size(text, "num_key_value_heads", heads),
+        head_dim=_size(text, "head_dim", hidden // heads or None),
+        tied_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
+    )
 
 
 def shapes_from_gguf(path: Path) -> Shapes:

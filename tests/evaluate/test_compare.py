@@ -72,3 +72,26 @@ def test_runs_without_common_tasks_or_results_are_refused(tmp_path):
         compare(tmp_path / "a", tmp_path / "b", tmp_path / "cmp")
     with pytest.raises(LiteDeltaError, match="no results.json"):
         compare(tmp_path / "a", tmp_path / "missing", tmp_path / "cmp")
+
+
+@pytest.mark.parametrize("results, says", [
+    ([], "not a `lite-delta eval` results file"), ({"tasks": []}, "not a `lite-delta eval` results file"),
+    ({"tasks": {"drop": 3}}, "not a `lite-delta eval` results file"),
+    ({"tasks": {"drop": {"ids": [0]}}}, "not a `lite-delta eval` results file"),
+    ({"tasks": {"drop": {"settings": {}, "ids": "0"}}}, "not a `lite-delta eval` results file"),
+])
+def test_results_of_the_wrong_shape_are_one_clear_error(results, says, tmp_path):
+    write_run(tmp_path / "a", {"drop": [(0, 1.0, None)]})
+    write_run(tmp_path / "b", {"drop": [(0, 1.0, None)]})
+    (tmp_path / "b" / "results.json").write_text(json.dumps(results))
+    with pytest.raises(LiteDeltaError, match=says):
+        compare(tmp_path / "a", tmp_path / "b", tmp_path / "cmp")
+
+
+@pytest.mark.parametrize("line", ['{"id": 0}', '{"id": 0, "score": "high"}', '{"id": 0, "score": NaN}'])
+def test_predictions_without_a_numeric_score_are_one_clear_error(line, tmp_path):
+    write_run(tmp_path / "a", {"drop": [(0, 1.0, None)]})
+    write_run(tmp_path / "b", {"drop": [(0, 1.0, None)]})
+    (tmp_path / "b" / "drop" / "predictions.jsonl").write_text(line + "\n")
+    with pytest.raises(LiteDeltaError, match="numeric `score`|not finite"):
+        compare(tmp_path / "a", tmp_path / "b", tmp_path / "cmp")

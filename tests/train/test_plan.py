@@ -95,6 +95,12 @@ def test_plan_needs_no_weights_for_the_hub_case(tmp_path, monkeypatch):
         ("{not json", "not valid JSON"),
         (json.dumps({"hidden_size": 8}), "no num_attention_heads"),
         (json.dumps([1, 2]), "not a JSON object"),
+        (json.dumps({"hidden_size": "wide", "num_attention_heads": 2}), "hidden_size 'wide': a size must be a positive"),
+        (json.dumps({"hidden_size": -576, "num_attention_heads": 9, "vocab_size": 10, "num_hidden_layers": 2,
+                     "intermediate_size": 8}), "hidden_size -576: a size must be a positive"),
+        (json.dumps({"hidden_size": 64, "num_attention_heads": 0}), "num_attention_heads 0"),
+        (json.dumps({"hidden_size": 64.5, "num_attention_heads": 2}), "hidden_size 64.5"),
+        (json.dumps({"text_config": [1]}), "text_config that is not an object"),
     ],
 )
 def test_bad_configs_exit_2_naming_the_problem(tmp_path, capsys, content, message):
