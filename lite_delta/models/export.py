@@ -53,6 +53,9 @@ def export(peft_dir: str | Path, base_ref: str, out_dir: str | Path, *, quant: s
     gguf_lora_pairs(lora, base)  # names, shapes, architecture: fail before writing anything
     base_check = check_same_base(lora, base)
     out_dir = Path(out_dir)
+    if out_dir.exists() and out_dir.resolve() == Path(peft_dir).resolve():  # its README.md is the adapter's card
+        raise LiteDeltaError(f"--out {out_dir} is the adapter folder: export writes README.md and export.json, which "
+                             "would replace the adapter's own; use another folder, e.g. --out export")
     out_dir.mkdir(parents=True, exist_ok=True)
     base_path, placed = place_base(source, out_dir)
     adapter = export_adapter(peft_dir, base_path, out_dir / "adapter.gguf", dtype=adapter_dtype)

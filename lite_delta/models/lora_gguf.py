@@ -71,6 +71,7 @@ def read_peft_lora(folder: str | Path) -> PeftLora:
     config = parse_json(config_file.read_bytes(), str(config_file))
     if not isinstance(config, dict):
         raise LiteDeltaError(f"{config_file} is not a JSON object: pass the adapter/ folder that `lite-delta train` wrote")
+    _check_config_shape(config, config_file)
     if config.get("peft_type") != "LORA":
         raise LiteDeltaError(f"{config_file}: peft_type is {config.get('peft_type')!r}; only LoRA adapters export to GGUF")
     if config.get("use_dora"):
@@ -90,7 +91,11 @@ def read_peft_lora(folder: str | Path) -> PeftLora:
         raise LiteDeltaError(f"{folder} has no adapter_model.safetensors (save the adapter with safetensors)")
     from safetensors.torch import load_file
 
-    tensors = {k: v.float().numpy() for k, v in load_file(weights).items()}
+    try:
+        tensors = {k: v.float().numpy() for k, v in load_file(weights).items()}
+    except Exception as exc:  # noqa: BLE001 -- truncated, corrupt or not safetensors at all: safetensors' own errors
+        raise LiteDeltaError(f"{weights} cannot be read as safetensors ({type(exc).__name__}: {str(exc)[:100]}): "
+                             "is it truncated? Save the adapter again") from None
     halves: dict[str, dict[str, np.ndarray]] = {}
     for key, value in tensors.items():
         m = _LORA_KEY.match(key)
@@ -102,13 +107,49 @@ def read_peft_lora(folder: str | Path) -> PeftLora:
         halves.setdefault(m["module"], {})[m["side"]] = value
     pairs = {}
     for module, ab in halves.items():
-        if set(ab) != {"A", "B"} or ab["A"].ndim != 2 or ab["A"].shape[0] != ab["B"].shape[1]:
+        if set(ab) != {"A", "B"} or ab["A"].ndim != 2 or ab["B"].ndim != 2 or ab["A"].shape[0] != ab["B"].shape[1]:
             raise LiteDeltaError(f"{weights.name}: {module} lacks a matching lora_A/lora_B pair")
+        if ab["A"].shape[0] == 0:
+            raise LiteDeltaError(f"{weights.name}: {module} has rank 0 (an empty LoRA pair): retrain with lora_r >= 1")
+        if not (np.isfinite(ab["A"]).all() and np.isfinite(ab["B"]).all()):
+            raise LiteDeltaError(f"{weights.name}: {module} holds NaN or infinite weights (training diverged): "
+                                 "not exported; retrain with a lower learning rate")
         pairs[module] = (ab["A"], ab["B"])
     if not pairs:
         raise LiteDeltaError(f"{weights.name} holds no LoRA matrices")
     scales = {module: peft_scale(config, module, a.shape[0]) for module, (a, _) in pairs.items()}
+    for module, (a, b) in pairs.items():  # a bound on every entry of scale * B @ A, in float64
+        bound = abs(scales[module]) * float(np.abs(a).max()) * float(np.abs(b).max()) * a.shape[0]
+        if not math.isfinite(bound) or bound > F32_MAX:
+            raise LiteDeltaError(f"{config_file}: {module}'s update (scale {scales[module]:.3g} × B @ A) overflows "
+                                 "float32: check lora_alpha and alpha_pattern")
     return PeftLora(folder=folder, config=config, pairs=pairs, scales=scales)
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_config_shape(config: dict, config_file: Path) -> None:
+    """The adapter_config.json fields export reads, each of the type PEFT writes; one clear error otherwise."""
+    def bad(field: str, want: str):
+        return LiteDeltaError(f"{config_file}: `{field}` should be {want}, got {config.get(field)!r:.60}")
+
+    alpha = config.get("lora_alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise bad("lora_alpha", "a positive number")
+    for field in ("modules_to_save", "target_modules"):
+        value = config.get(field)
+        if value is not None and not (isinstance(value, str) or
+                                      (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            raise bad(field, "a list of module names")
+    pattern = config.get("alpha_pattern")
+    if pattern is not None and not (isinstance(pattern, dict) and all(
+            isinstance(k, str) and not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+            for k, v in pattern.items())):
+        raise bad("alpha_pattern", "an object of module name -> number")
+    for field in ("use_rslora", "use_dora"):
+        if not isinstance(config.get(field) or False, bool):
+            raise bad(field, "true or false")
 
 
 def peft_scale(config: dict, module: str, rank: int) -> float:

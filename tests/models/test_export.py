@@ -496,3 +496,59 @@ def test_llama_cpp_refusing_an_adapter_is_a_clear_error(tmp_path, smollm2_gguf, 
     wrong_arch = write_lora_gguf(tmp_path / "qwen2-labelled.gguf", "qwen2", alpha, pairs)
     with pytest.raises(LiteDeltaError, match="refused the LoRA adapter"):
         check_adapter_loads(smollm2_gguf, wrong_arch)
+
+
+def _broken_copy(adapter, folder, *, config=None, tensors=None, truncate=False):
+    """A copy of a real PEFT adapter with its config fields replaced, its tensors edited, or its file cut short."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(adapter, folder)
+    if config is not None:
+        data = {**json.loads((folder / "adapter_config.json").read_text()), **config}
+        data = {k: v for k, v in data.items() if v != "<drop>"}
+        (folder / "adapter_config.json").write_text(json.dumps(data))
+    weights = folder / "adapter_model.safetensors"
+    if tensors is not None:
+        save_file(tensors(load_file(weights)), weights)
+    if truncate:
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folder
+
+
+def _rank_zero(t):
+    return {k: (v[:0] if "lora_A" in k else v[:, :0]) for k, v in t.items()}
+
+
+def _nan_b(t):
+    return {k: (np.full_like(v, np.nan) if "lora_B" in k else v) for k, v in t.items()}
+
+
+@pytest.mark.parametrize("broken, says", [
+    (dict(config={"lora_alpha": "<drop>"}), "`lora_alpha` should be a positive number, got None"),
+    (dict(config={"lora_alpha": "16"}), "`lora_alpha` should be a positive number, got '16'"),
+    (dict(config={"lora_alpha": 0}), "`lora_alpha` should be a positive number"),
+    (dict(config={"alpha_pattern": "q_proj"}), "`alpha_pattern` should be an object"),
+    (dict(config={"use_rslora": "yes"}), "`use_rslora` should be true or false"),
+    (dict(config={"modules_to_save": {"a": 1}}), "`modules_to_save` should be a list"),
+    (dict(config={"lora_alpha": 1e300}), "overflows float32"),
+    (dict(tensors=_rank_zero), "has rank 0"),
+    (dict(tensors=_nan_b), "NaN or infinite weights"),
+    (dict(truncate=True), "cannot be read as safetensors"),
+])
+def test_broken_adapters_exit_2_and_nothing_is_exported(broken, says, tmp_path, capsys, tiny_qwen2_gguf, qwen2):
+    _, qwen2_adapter = qwen2
+    adapter = _broken_copy(qwen2_adapter, tmp_path / "adapter", **broken)
+    err = _exit_2(capsys, "--adapter", str(adapter), "--base", str(tiny_qwen2_gguf), "--out", str(tmp_path / "out"))
+    assert says in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_equal_to_the_adapter_folder_is_refused(tmp_path, capsys, tiny_qwen2_gguf, qwen2):
+    _, qwen2_adapter = qwen2
+    adapter = _broken_copy(qwen2_adapter, tmp_path / "adapter")
+    before = {p.name: p.read_bytes() for p in adapter.iterdir()}
+    err = _exit_2(capsys, "--adapter", str(adapter), "--base", str(tiny_qwen2_gguf), "--out", str(adapter / "."))
+    assert "is the adapter folder" in err
+    assert {p.name: p.read_bytes() for p in adapter.iterdir()} == before
