@@ -131,25 +131,25 @@ F32_MAX = float(np.finfo(np.float32).max)
 
 def _check_config_shape(config: dict, config_file: Path) -> None:
     """The adapter_config.json fields export reads, each of the type PEFT writes; one clear error otherwise."""
-    def bad(field: str, want: str):
-        return LiteDeltaError(f"{config_file}: `{field}` should be {want}, got {config.get(field)!r:.60}")
+    def bad(key: str, want: str):
+        return LiteDeltaError(f"{config_file}: `{key}` should be {want}, got {config.get(key)!r:.60}")
 
     alpha = config.get("lora_alpha")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
         raise bad("lora_alpha", "a positive number")
-    for field in ("modules_to_save", "target_modules"):
-        value = config.get(field)
+    for key in ("modules_to_save", "target_modules"):
+        value = config.get(key)
         if value is not None and not (isinstance(value, str) or
                                       (isinstance(value, list) and all(isinstance(v, str) for v in value))):
-            raise bad(field, "a list of module names")
+            raise bad(key, "a list of module names")
     pattern = config.get("alpha_pattern")
     if pattern is not None and not (isinstance(pattern, dict) and all(
             isinstance(k, str) and not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
             for k, v in pattern.items())):
         raise bad("alpha_pattern", "an object of module name -> number")
-    for field in ("use_rslora", "use_dora"):
-        if not isinstance(config.get(field) or False, bool):
-            raise bad(field, "true or false")
+    for key in ("use_rslora", "use_dora"):
+        if not isinstance(config.get(key) or False, bool):
+            raise bad(key, "true or false")
 
 
 def peft_scale(config: dict, module: str, rank: int) -> float:
