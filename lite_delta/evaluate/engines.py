@@ -113,7 +113,7 @@ class LlamaCppEngine:
         llm.eval(ctx)
         for cont in continuations:
             whole = self.model.tokenize_prompt(text + cont)
-            tail = whole[len(ctx):] if whole[: len(ctx)] == ctx else self.model.model.tokenize(
+            tail = whole[len(ctx):] if whole[: len(ctx)] == ctx else self.model.tokenize(
                 cont.encode("utf-8"), add_bos=False, special=False)
             if not tail:
                 results.append(0.0)

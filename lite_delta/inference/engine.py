@@ -97,6 +97,9 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+MAX_CONTEXT_TRAIN = 2**26  # 67M tokens: past every real model's context (the longest claim ~10M)
+
+
 def round_up(n: int, multiple: int = 256) -> int:
     # llama.cpp pads n_ctx to 256; asking for a padded size keeps Python's view and llama.cpp's equal.
     return -(-n // multiple) * multiple
@@ -170,6 +173,10 @@ class GGUFModel:
         self.bos_text = self.model.token_get_text(bos) if bos >= 0 else ""
         self.eos_text = self.model.token_get_text(eos) if eos >= 0 else ""
         self.n_ctx_train = self.model.n_ctx_train()
+        if not 0 < self.n_ctx_train <= MAX_CONTEXT_TRAIN:  # 2**32 - 1 in the file reads as -1
+            raise LiteDeltaError(
+                f"{self.path.name} claims a training context of {self.n_ctx_train:,} tokens (GGUF "
+                f"{self.metadata.get('general.architecture', '?')}.context_length): no real model's; fix that metadata")
 
     def render(self, messages: list[dict], system: str | None = None) -> str:
         if not self.chat_template:
@@ -189,7 +196,22 @@ class GGUFModel:
     def tokenize_prompt(self, text: str) -> list[int]:
         """Tokenize a rendered prompt; BOS is added only if the model wants it and the template did not."""
         add_bos = self.model.add_bos_token() and not (self.bos_text and text.startswith(self.bos_text))
-        return self.model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return self.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def tokenize(self, text: bytes, *, add_bos: bool, special: bool) -> list[int]:
+        """llama.cpp's tokenizer with a buffer sized by the text (every token covers at least one byte, plus BOS
+        and EOS), not by the model's training context as llama-cpp-python's own wrapper does: 8 GB for a GGUF
+        that claims 2**31 tokens of context."""
+        room = len(text) + 2
+        tokens = (llama_cpp.llama_token * room)()
+        n = llama_cpp.llama_tokenize(self.model.vocab, text, len(text), tokens, room, add_bos, special)
+        if n < 0:  # cannot happen by the bound above; llama.cpp says how many it needs
+            room = -n
+            tokens = (llama_cpp.llama_token * room)()
+            n = llama_cpp.llama_tokenize(self.model.vocab, text, len(text), tokens, room, add_bos, special)
+            if n < 0:
+                raise LiteDeltaError(f"llama.cpp could not tokenize a text of {len(text):,} bytes with {self.path.name}")
+        return list(tokens[:n])
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.model.vocab, token))

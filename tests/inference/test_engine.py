@@ -205,3 +205,31 @@ def test_extra_buffers_stay_on_unless_an_amx_build_meets_an_amx_cpu(monkeypatch)
         assert engine.cpu_extra_buffers() is expected
     monkeypatch.setenv("LITE_DELTA_CPU_EXTRA_BUFFERS", "1")
     assert engine.cpu_extra_buffers() is True
+
+
+def test_our_tokenize_equals_llama_cpp_pythons_own(smollm2_gguf):
+    """The text-sized buffer gives the tokens llama-cpp-python's wrapper (buffer of n_ctx_train) gives."""
+    from lite_delta.inference.engine import GGUFModel
+
+    model = GGUFModel(smollm2_gguf)
+    texts = ["", "hi", "Café, naïve — 東京? 🙂", "<|im_start|>user\nx<|im_end|>", " " * 300, "1.1.1.1" * 50]
+    for text in texts:
+        for add_bos in (False, True):
+            for special in (False, True):
+                ours = model.tokenize(text.encode(), add_bos=add_bos, special=special)
+                assert ours == model.model.tokenize(text.encode(), add_bos=add_bos, special=special), text
+    model.close()
+
+
+@pytest.mark.parametrize("n_ctx", [2**32 - 1, 2**31 - 1, 0])
+def test_a_gguf_claiming_an_impossible_context_is_refused(n_ctx, tmp_path, smollm2_gguf, capsys):
+    """2**32 - 1 reads back as -1 (a crash); 2**31 - 1 made every tokenize allocate 8 GB."""
+    from lite_delta.cli import main
+    from lite_delta.models.random_gguf import LlamaShape, write_random_gguf
+
+    gguf = write_random_gguf(tmp_path / "odd.gguf", tokenizer_from=smollm2_gguf, shape=LlamaShape(n_ctx=n_ctx))
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--model", str(gguf), "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert exit_.value.code == 2 and "claims a training context" in err and "Traceback" not in err
