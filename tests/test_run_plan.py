@@ -127,8 +127,8 @@ def test_dry_run_of_the_paper_recipe_offline_downloads_nothing(tmp_path, capsys,
 def test_dry_run_of_the_demo_counts_prompts_and_estimates(tmp_path, capsys):
     main(["run", "--runs-dir", str(tmp_path), "--dry-run", *sum((["--set", o] for o in FULL), [])])
     out = capsys.readouterr().out.replace("\n", " ")
-    assert "prompts: 48 (counted)" in out and "answers to generate: 192" in out
-    assert "at most 96 pairs" in out and "SFT contrast" in out and "sft ~" in out
+    assert "prompts: 88 (counted)" in out and "answers to generate: 352" in out
+    assert "at most 176 pairs" in out and "SFT contrast" in out and "sft ~" in out
     assert "VRAM (planner" in out and "rough ETA" in out
 
 
@@ -230,3 +230,4 @@ def test_evaluation_runs_on_the_converted_copy_unless_transformers_is_asked_for(
     assert eval_student(gpt2, run)[2] == "transformers"
     with pytest.raises(LiteDeltaError, match="no GGUF of"):
         eval_student(gpt2, run, "llama.cpp")
+

@@ -96,9 +96,12 @@ def relevance_scores(engine, items: list[tuple[list[dict], str]], *, progress: b
             for i, value in zip(indices, scores):
                 given[i] = value
             bar.update(task, advance=len(indices))
-        empty = engine.loglikelihood(Prompt(messages=({"role": "user", "content": ""},)), [a for _, a in items],
-                                     per_token=True)
-        bar.update(task, advance=len(items))
+        empty: list[float] = []
+        nothing = Prompt(messages=({"role": "user", "content": ""},))
+        for start in range(0, len(items), 16):  # in chunks, so the bar moves
+            chunk = [answer for _, answer in items[start:start + 16]]
+            empty += engine.loglikelihood(nothing, chunk, per_token=True)
+            bar.update(task, advance=len(chunk))
     # an empty answer scores 0 on both sides: the prompt explains nothing of it
     return [g - e for g, e in zip(given, empty)]
 

@@ -21,7 +21,7 @@ SIGMOID_LOSSES = ("sigmoid", "sigmoid_norm")  # losses that start at ln 2
 WINDOW = 3  # the rules below read the mean of the last WINDOW logged steps (one batch is noisy)
 SATURATED_LOSS = 0.05  # a sigmoid loss this low with every pair right: nothing left to learn from the pairs
 SATURATED_BEFORE = 0.6  # ... reached before this share of the steps: the rest only pushes further
-RUNAWAY_MARGIN_NATS = 60.0  # chosen vs rejected moved this many nats apart per pair: far past telling them apart
+RUNAWAY_MARGIN_NATS = 40.0  # chosen vs rejected moved this many nats apart per pair: far past telling them apart
 PLUNGE_NATS = 30.0  # the rejected answers fell this many nats below the reference ...
 PLUNGE_RATIO = 2.0  # ... more than this many times as far as the chosen ones rose
 

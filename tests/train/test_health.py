@@ -120,7 +120,7 @@ def test_over_training_rules_and_their_edges():
     wide = rewards_log(5, loss=flat(0.3), accuracy=flat(0.9), chosen=flat(200.0), rejected=flat(-200.0))
     assert over(wide) == ["runaway_margin"] and over(wide, beta=10.0) == [] and over(wide, beta=None) == []
     # rejected falling far faster than chosen rises; both moving together is not a plunge
-    plunge = rewards_log(5, loss=flat(0.3), accuracy=flat(0.9), chosen=flat(20.0), rejected=flat(-200.0))
+    plunge = rewards_log(5, loss=flat(0.3), accuracy=flat(0.9), chosen=flat(20.0), rejected=flat(-170.0))
     assert over(plunge) == ["rejected_plunge"]
     together = rewards_log(5, loss=flat(0.3), accuracy=flat(0.9), chosen=flat(120.0), rejected=flat(-200.0))
     assert "rejected_plunge" not in over(together)
