@@ -69,6 +69,7 @@ def stage_settings(recipe: Recipe) -> dict[str, dict | None]:
         if recipe.train and recipe.contrast.sft else None,
         "convert": {"student": data["student"], "student_convert": convert_settings(recipe)} if converts(recipe) else None,
         "export": {"student": data["student"], "student_gguf": data["student_gguf"], "export": data["export"],
+                   "quick_check_prompts": _quick_check_source(data),  # its first prompt is the quick check's
                    **({"student_convert": convert_settings(recipe)} if converts(recipe) else {})}
         if exports(recipe) else None,
         "evaluate": {"student": data["student"], "student_gguf": data["student_gguf"], "evaluate": data["evaluate"],
@@ -207,6 +208,12 @@ def student_gguf_for(recipe: Recipe, run_dir: Path, *, purpose: str) -> str | No
         return own
     record = converted(recipe, run_dir)
     return record["gguf"] if purpose == "export" else record["eval_gguf"]
+
+
+def _quick_check_source(data: dict) -> dict:
+    """The prompts the export's quick check reads (see run_export): the held-out ones, else the recipe's own."""
+    utility = (data.get("evaluate") or {}).get("utility")
+    return utility["prompts"] if utility else data["prompts"]
 
 
 def stage_keys(recipe: Recipe) -> dict[str, str | None]:

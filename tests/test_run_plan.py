@@ -231,3 +231,12 @@ def test_evaluation_runs_on_the_converted_copy_unless_transformers_is_asked_for(
     with pytest.raises(LiteDeltaError, match="no GGUF of"):
         eval_student(gpt2, run, "llama.cpp")
 
+
+def test_the_export_key_follows_the_prompt_its_quick_check_reads():
+    """A changed held-out prompt source reruns export, so the report's quick check is never of another prompt."""
+    from lite_delta.config import load_recipe
+    from lite_delta.pipeline import default_recipe_path, stage_keys
+
+    keys = stage_keys(load_recipe(default_recipe_path()))
+    moved = stage_keys(load_recipe(default_recipe_path(), ["evaluate.utility.prompts.source=builtin:demo"]))
+    assert moved["export"] != keys["export"] and moved["train"] == keys["train"] and moved["sft"] == keys["sft"]
