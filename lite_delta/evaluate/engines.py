@@ -219,7 +219,14 @@ class TransformersEngine:
                                      "(--engine llama.cpp with the base GGUF); transformers needs the PEFT folder")
             if not (Path(adapter) / "adapter_config.json").is_file():
                 raise LiteDeltaError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
-            model = PeftModel.from_pretrained(model, str(adapter))
+            if not (Path(adapter) / "adapter_model.safetensors").is_file():  # a .bin would be unpickled
+                raise LiteDeltaError(f"{adapter} has no adapter_model.safetensors: lite-delta loads weights as "
+                                     "safetensors only (never pickles); save the adapter with safetensors")
+            try:
+                model = PeftModel.from_pretrained(model, str(adapter))
+            except Exception as exc:  # noqa: BLE001 -- PEFT's errors for a config or weights it cannot use
+                raise LiteDeltaError(f"PEFT cannot load the adapter {adapter} on {ref}: "
+                                     f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
         self.model = model.eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:

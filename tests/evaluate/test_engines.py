@@ -136,3 +136,32 @@ def test_eval_cli_refuses_an_unknown_quantization(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "--model", "x.gguf", "--out", str(tmp_path), "--quantization", "int8"])
     assert exit_.value.code == 2 and "--quantization must be auto, nf4 or none" in capsys.readouterr().err
+
+
+def _pickled_adapter(tiny_student, folder: Path, *, keep_safetensors: bool) -> Path:
+    """A real PEFT adapter for the tiny student, saved as a pickle (adapter_model.bin), with or without the
+    safetensors beside it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_student),
+                           LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    model.save_pretrained(folder, safe_serialization=False)
+    if keep_safetensors:
+        model.save_pretrained(folder)
+    return folder
+
+
+def test_a_pickle_only_adapter_is_refused_without_unpickling(tiny_student, tmp_path):
+    adapter = _pickled_adapter(tiny_student, tmp_path / "pickled", keep_safetensors=False)
+    assert (adapter / "adapter_model.bin").is_file()
+    with pytest.raises(LiteDeltaError, match="has no adapter_model.safetensors: lite-delta loads weights as safetensors"):
+        TransformersEngine(tiny_student, adapter=adapter, cache_dir=tmp_path)
+
+
+def test_an_adapter_peft_cannot_load_is_one_clear_error(tiny_student, tmp_path):
+    adapter = _pickled_adapter(tiny_student, tmp_path / "bad", keep_safetensors=True)
+    config = adapter / "adapter_config.json"
+    config.write_text(config.read_text().replace('"q_proj"', '"no_such_proj"'))
+    with pytest.raises(LiteDeltaError, match="PEFT cannot load the adapter"):
+        TransformersEngine(tiny_student, adapter=adapter, cache_dir=tmp_path)
