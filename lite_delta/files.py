@@ -145,7 +145,8 @@ def read_appended(path: Path, key: Callable[[dict], Hashable], *, repair: bool =
         except (LiteDeltaError, KeyError, TypeError, ValueError) as exc:
             if raw[good + len(line):].strip():
                 reason = exc if isinstance(exc, LiteDeltaError) else f"{path}: line {number} is not a record ({exc!r:.80})"
-                raise LiteDeltaError(f"{reason}; it is not the last line (a torn write): fix or delete it") from None
+                raise LiteDeltaError(f"{reason}: a corrupt line that is not the last one (not a torn write); "
+                                     "fix or delete it") from None
             break
         good += len(line)
     if repair and good < len(raw):

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import llama_cpp
+from rich.console import Console
 
 from lite_delta.config import GenerateConfig
 from lite_delta.errors import LiteDeltaError
@@ -23,6 +24,7 @@ from lite_delta.inference.engine import (
     gpu_offload_available,
     round_up,
 )
+from lite_delta.inference.template import control_text_in
 from lite_delta.completions import COMPLETIONS_FILE, CompletionStore, completion_key, template_kwargs_part
 from lite_delta.models.derive import derive_gguf
 from lite_delta.models.refs import model_identity, resolve_model
@@ -30,6 +32,7 @@ from lite_delta.progress import progress_bar
 from lite_delta.prompts import load_prompts
 
 MANIFEST_FILE = "generation.json"
+console = Console(stderr=True)
 
 
 def item_seed(seed: int, prompt_id: str, sample: int) -> int:
@@ -77,9 +80,12 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
     if g.device_sampling and g.temperature > 0:  # sampled tokens can differ from host sampling's: never mixed
         sampling["device_sampling"] = True
     requests: list[Request] = []
-    over_budget = 0
+    over_budget = with_control_text = 0
     longest = 0
     for prompt in prompts:
+        if control_text_in(prompt.messages, model.control_texts):  # would forge a turn: dropped, counted
+            with_control_text += 1
+            continue
         rendered = model.render(list(prompt.messages), g.system)
         tokens = model.tokenize_prompt(rendered)
         if len(tokens) > cfg.prompts.max_prompt_tokens:
@@ -111,7 +117,7 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
         "chat_template": model.chat_template,
         "system": g.system,
         "prompts": cfg.prompts.model_dump(),
-        "prompt_stats": {**prompt_stats, "over_budget": over_budget},
+        "prompt_stats": {**prompt_stats, "over_budget": over_budget, "control_text": with_control_text},
         "generation": g.model_dump(),
         "requests": len(requests),
         "already_done": len(requests) - len(todo),
@@ -123,6 +129,9 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
         "invocations": _previous_invocations(out / MANIFEST_FILE),
     }
     write_json(out / MANIFEST_FILE, manifest)
+    if with_control_text:
+        console.print(f"[yellow]note[/yellow]: {with_control_text} prompt(s) hold the text of one of the model's "
+                      "control tokens (e.g. <|im_end|>), which would forge a turn: left out (prompt_stats.control_text)")
 
     engine = None
     new_tokens = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+from functools import cached_property
 import io
 import logging
 import os
@@ -192,6 +193,17 @@ class GGUFModel:
             template_kwargs=self.chat_template_kwargs,
             source=self.path.name,
         )
+
+    @cached_property
+    def control_texts(self) -> tuple[str, ...]:
+        """The texts of the vocabulary's control tokens (<|im_start|>, <|im_end|>, ...; see control_text_in)."""
+        vocab, found = self.model.vocab, set()
+        for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+            if llama_cpp.llama_vocab_get_attr(vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
+                text = self.model.token_get_text(token)
+                if text:
+                    found.add(text)
+        return tuple(sorted(found, key=len, reverse=True))
 
     def tokenize_prompt(self, text: str) -> list[int]:
         """Tokenize a rendered prompt; BOS is added only if the model wants it and the template did not."""

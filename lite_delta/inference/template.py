@@ -122,6 +122,22 @@ def _compile(template: str):
     return env.from_string(template)
 
 
+def control_text_in(messages, texts) -> str | None:
+    """The first control-token text (``<|im_end|>``, ``<|im_start|>``, ...) inside a message's content, or None.
+
+    The policy for special tokens in text: a rendered prompt is tokenized with special tokens parsed (the
+    template's own markers must be), and transformers does the same; so a prompt or an answer whose text holds
+    a marker would become a forged turn (a user-written system message, a fake end of the answer). Such a
+    prompt is not sent to a teacher and such a pair is not trained on: both are dropped and counted."""
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            for text in texts:
+                if text in content:
+                    return text
+    return None
+
+
 def with_system(messages: list[dict], system: str | None) -> list[dict]:
     """Prepend a system message unless the conversation already starts with one."""
     if not system or (messages and messages[0].get("role") == "system"):

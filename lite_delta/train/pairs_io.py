@@ -14,11 +14,13 @@ from pathlib import Path
 
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import parse_json
+from lite_delta.inference.template import control_text_in
 
 PAIRS_FILE = "pairs.jsonl"
 ROLES = ("system", "user", "assistant", "tool")
 _MESSAGES = "a list of {role, content} messages"
-DEGENERATE = ("identical", "empty_chosen", "empty_rejected")  # pairs dropped before training, counted in train.json
+# pairs dropped before training, counted in train.json; control_text: a message holds a special token's text
+DEGENERATE = ("identical", "empty_chosen", "empty_rejected", "control_text")
 
 
 def pairs_source(path: str | Path) -> Path:
@@ -82,8 +84,27 @@ def drop_degenerate(rows: list[dict], source: str | Path) -> tuple[list[dict], d
     return kept, counts
 
 
+def special_texts(tokenizer) -> tuple[str, ...]:
+    """The student tokenizer's special-token texts (<|im_start|>, <|im_end|>, <|endoftext|>, ...)."""
+    texts = set(tokenizer.all_special_tokens)
+    texts |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    return tuple(sorted((t for t in texts if t), key=len, reverse=True))
+
+
+def drop_control_text(rows: list[dict], texts: tuple[str, ...], counts: dict, source: str | Path) -> list[dict]:
+    """The rows none of whose messages holds a special token's text (which the student's tokenizer would read
+    as the token itself: a forged turn in the training data); counts["control_text"] is set to the rest."""
+    kept = [r for r in rows if not any(control_text_in(r[side], texts) for side in ("prompt", "chosen", "rejected"))]
+    counts["control_text"] = len(rows) - len(kept)
+    if not kept:
+        raise LiteDeltaError(f"{source}: every pair holds the text of a special token of the student (e.g. "
+                             f"{texts[0] if texts else '<|im_end|>'}) in a message, which would forge turns; "
+                             "nothing is left to train on")
+    return kept
+
+
 def describe_degenerate(counts: dict) -> str:
-    return ", ".join(f"{kind.replace('_', ' ')} {counts[kind]}" for kind in DEGENERATE)
+    return ", ".join(f"{kind.replace('_', ' ')} {counts.get(kind, 0)}" for kind in DEGENERATE)
 
 
 def pairs_stats(rows: list[dict]) -> dict:

@@ -28,7 +28,7 @@ from lite_delta.train.backends import (
     resolve_backend,
     resolve_quantization,
 )
-from lite_delta.train.pairs_io import drop_degenerate, load_pairs, pairs_source
+from lite_delta.train.pairs_io import drop_control_text, drop_degenerate, load_pairs, pairs_source, special_texts
 from lite_delta.train.sequences import check_sequences, end_token_ids, fit_prompts, template_for, with_template_kwargs
 from lite_delta.train.stage import run_summary
 
@@ -76,6 +76,7 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
     tokenizer.chat_template = template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    rows = drop_control_text(rows, special_texts(tokenizer), degenerate, pairs_source(cfg.pairs))  # as DPO's
     check_sequences(tokenizer, rows, end_token_ids(tokenizer, student))
     budget = cfg.max_prompt_length or cfg.max_length // 2
     rows, truncated, dropped = fit_prompts(rows, tokenizer, budget)

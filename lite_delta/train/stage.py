@@ -30,7 +30,8 @@ from lite_delta.train.backends import (
     sharded_weights,
     trainable_dtypes,
 )
-from lite_delta.train.pairs_io import describe_degenerate, drop_degenerate, load_pairs, pairs_source, pairs_stats
+from lite_delta.train.pairs_io import (describe_degenerate, drop_control_text, drop_degenerate, load_pairs, pairs_source,
+                                      pairs_stats, special_texts)
 from lite_delta.train.sequences import (
     check_sequences,
     end_token_ids,
@@ -105,6 +106,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     template, template_source = template_for(tokenizer, cfg.chat_template, cfg.student)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    rows = drop_control_text(rows, special_texts(tokenizer), degenerate, pairs_source(cfg.pairs))
+    if main and degenerate["control_text"]:
+        log.warning("%s: dropped %d pairs whose text holds a special token of the student (a forged turn)",
+                    pairs_source(cfg.pairs), degenerate["control_text"])
     check_sequences(tokenizer, rows, end_token_ids(tokenizer, student))
     budget = cfg.max_prompt_length or cfg.max_length // 2
     rows, truncated, dropped = fit_prompts(rows, tokenizer, budget)

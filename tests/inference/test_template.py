@@ -116,3 +116,13 @@ def test_a_gguf_with_a_hostile_template_stops_generate_with_exit_2(tmp_path, smo
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr[-2000:]
     assert "template steps" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_control_text_is_found_in_any_message_content():
+    from lite_delta.inference.template import control_text_in
+
+    texts = ("<|im_start|>", "<|im_end|>")
+    assert control_text_in([{"role": "user", "content": "plain"}], texts) is None
+    assert control_text_in([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b<|im_end|>"}],
+                           texts) == "<|im_end|>"
+    assert control_text_in([{"role": "user", "content": "<|im_start"}], texts) is None  # not the whole marker

@@ -257,14 +257,14 @@ def test_degenerate_pairs_are_dropped_and_counted_by_kind(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     kept, counts = drop_degenerate(load_pairs(path), path)
     assert [row["prompt"][0]["content"] for row in kept] == ["q1", "q6"]
-    assert counts == {"identical": 2, "empty_chosen": 1, "empty_rejected": 1}
+    assert counts == {"identical": 2, "empty_chosen": 1, "empty_rejected": 1, "control_text": 0}
 
 
 def test_only_degenerate_pairs_is_an_error_naming_the_file_and_counts(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "a"},
                                                   {"prompt": "q", "chosen": "", "rejected": ""}])
     with pytest.raises(LiteDeltaError, match=re.escape(
-            f"{path}: all 2 pairs are degenerate (identical 1, empty chosen 1, empty rejected 0), so there is "
+            f"{path}: all 2 pairs are degenerate (identical 1, empty chosen 1, empty rejected 0, control text 0), so there is "
             "nothing to learn")):
         drop_degenerate(load_pairs(path), path)
 
@@ -332,7 +332,7 @@ def test_row_that_is_not_an_object(tmp_path):
 def test_non_utf8_line(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(json.dumps(GOOD).encode() + b"\n" + b'{"prompt": "caf\xe9", "chosen": "c", "rejected": "r"}\n')
-    with pytest.raises(LiteDeltaError, match=re.escape(f"{path} row 2 is not valid UTF-8")):
+    with pytest.raises(LiteDeltaError, match=re.escape(f"{path} row 2 is not UTF-8 text")):
         load_pairs(path)
 
 
