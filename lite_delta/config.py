@@ -13,11 +13,20 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
                       model_validator)
 
 from lite_delta.errors import LiteDeltaError
+from lite_delta.files import holds_lone_surrogate
 
 
 class Strict(BaseModel):
     # unknown fields are mistakes; so are inf and nan in any float (`epochs: .inf`, `--temperature inf`)
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_is_text(cls, value):
+        # "\ud800" in YAML, or an undecodable byte in a shell argument: would fail every later write or hash
+        if holds_lone_surrogate(value):
+            raise ValueError("holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
+        return value
 
 
 # Names lite-delta itself passes to a chat template; a kwarg may not replace them.

@@ -89,7 +89,8 @@ def write_json(path: Path, data: dict) -> None:
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # how a lone surrogate gets into JSON
 
 
-def _lone_surrogate(value) -> bool:
+def holds_lone_surrogate(value) -> bool:
+    """Whether a string, or any string inside lists and dicts, holds a lone UTF-16 surrogate (not text)."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -123,7 +124,7 @@ def parse_json(data: bytes | str, where: str):
         raise LiteDeltaError(f"{where} nests JSON deeper than can be read") from None
     except ValueError as exc:  # e.g. an integer over 4300 digits
         raise LiteDeltaError(f"{where} is not valid JSON: {str(exc)[:100]}") from None
-    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(value):
+    if _SURROGATE_ESCAPE.search(text) and holds_lone_surrogate(value):
         raise LiteDeltaError(f"{where} holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text: fix it")
     return value
 

@@ -52,6 +52,10 @@ DEMO = (REPO / "recipes" / "demo.yaml").read_text()
         (DEMO.replace("beta: 5.0", "beta: .nan", 1), "train.beta"),
         (DEMO.replace("max_steps: 14", "max_steps: 14\n  epochs: .inf"), "train.epochs"),
         (DEMO.replace("temperature: 0.9", "temperature: 0.9\n  stop: ['']", 1), "generation.stop"),
+        (DEMO.replace("teachers:\n", 'teachers:\n  chat_template: "x\\ud800"\n', 1),
+         "teachers.chat_template`: holds a lone UTF-16 surrogate"),
+        (DEMO.replace("temperature: 0.9", 'temperature: 0.9\n  system: "\\udcff"', 1),
+         "generation.system`: holds a lone UTF-16 surrogate"),
     ],
 )
 def test_bad_field_is_named_with_the_file(text, field, tmp_path):

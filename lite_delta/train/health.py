@@ -125,3 +125,16 @@ def _overtraining(records: list[dict], *, loss_type, beta: float | None, total_s
                                   f"reference while the chosen ones {'rose' if chosen > 0 else 'moved'} "
                                   f"{chosen / beta:+.0f}: the model is learning to avoid the rejected answers' "
                                   f"tokens more than to write the chosen ones. {OVERTRAINED_ADVICE}")
+
+
+def diverged_weights(model) -> list[str]:
+    """The trainable weights that hold NaN or inf: training diverged, and such an adapter must not be saved
+    (llama.cpp and Ollama would load it and write garbage)."""
+    import torch
+
+    return [name for name, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+
+
+def diverged_message(bad: list[str], step: int, learning_rate: float) -> str:
+    return (f"training diverged: {len(bad)} trainable weight tensor(s) hold NaN or inf after step {step} (e.g. "
+            f"{bad[0]}); the adapter is not saved. Lower the learning rate (now {learning_rate:g}) or raise warmup")

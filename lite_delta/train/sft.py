@@ -18,6 +18,7 @@ from rich.console import Console
 
 from lite_delta.config import TrainConfig
 from lite_delta.errors import LiteDeltaError
+from lite_delta.train.health import diverged_message, diverged_weights
 from lite_delta.files import writable_dir, write_json
 from lite_delta.models.student import prepare_student
 from lite_delta.precision import device_capability, mixed_precision, resolve_precision
@@ -122,6 +123,9 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
     finally:
         if bar is not None:
             bar.close()
+    bad = diverged_weights(trainer.model)
+    if bad:
+        raise LiteDeltaError(diverged_message(bad, trainer.state.global_step, cfg.learning_rate))
     adapter = out / "adapter"
     trainer.save_model(str(adapter))
     tokenizer.save_pretrained(str(adapter))

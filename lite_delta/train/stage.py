@@ -19,6 +19,7 @@ from rich.console import Console
 
 from lite_delta.config import TrainConfig
 from lite_delta.errors import LiteDeltaError
+from lite_delta.train.health import diverged_message, diverged_weights
 from lite_delta.files import writable_dir, write_json, write_text
 from lite_delta.precision import device_capability, mixed_precision, resolve_precision
 from lite_delta.train.backends import (
@@ -149,6 +150,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     finally:
         if bar is not None:
             bar.close()  # a failed or interrupted run leaves no bar drawing, nor a timer printing
+    bad = diverged_weights(trainer.model)
+    if bad:
+        raise LiteDeltaError(diverged_message(bad, trainer.state.global_step, cfg.learning_rate))
     adapter = out / "adapter"
     if trainer.is_fsdp_enabled:  # FSDP's shards gathered into one adapter file (PEFT's FSDP-QLoRA recipe)
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")

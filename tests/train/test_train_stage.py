@@ -11,6 +11,7 @@ import torch
 
 from lite_delta.cli import main
 from lite_delta.config import TrainConfig
+from lite_delta.errors import LiteDeltaError
 from lite_delta.train.stage import train
 
 ROWS = [
@@ -242,3 +243,10 @@ def test_progress_lines_when_stderr_is_not_a_terminal(setup, tmp_path, monkeypat
         assert any(re.fullmatch(pattern, x) for x in lines), err
     assert sum("3/3 (100%)" in x for x in lines) == 1, err
     assert "\x1b[" not in err
+
+
+def test_a_diverged_run_saves_no_adapter(setup, tmp_path, capsys):
+    """A learning rate of 1e30 turns every LoRA weight into NaN within two steps: exit 2, nothing to export."""
+    with pytest.raises(LiteDeltaError, match="training diverged: .* hold NaN or inf after step 2"):
+        train(_cfg(setup, tmp_path / "run", learning_rate=1e30, max_steps=2), progress=False)
+    assert not (tmp_path / "run" / "adapter").exists()
