@@ -106,7 +106,7 @@ def _loss_name(cfg: dict) -> str:
     return " + ".join(f"{w:g} × {name}" for w, name in zip(weights, losses))
 
 
-def _training_section(run_dir: Path, figures: Path) -> list[str]:
+def training_section(run_dir: Path, figures: Path) -> list[str]:
     summary = _read_json(run_dir / "train" / "train.json")
     if not summary:
         return []
@@ -297,7 +297,7 @@ def write_report(recipe: Recipe, run_dir: Path) -> list[Path]:
     lines += _export_section(run_dir)
     lines += _meter_section(run_dir)
     lines += _pairs_section(run_dir)
-    lines += _training_section(run_dir, figures)
+    lines += training_section(run_dir, figures)
     lines += _sft_section(run_dir) if recipe.contrast.sft else []
     lines += _stages_section(run_dir)
     lines += _environment_section(env)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lite_delta.config import TrainConfig
-from lite_delta.report import _training_section
+from lite_delta.report import training_section
 from lite_delta.train.stage import train
 
 TOPICS = ("keeping houseplants alive", "packing for a trip", "saving money on food", "sleeping better",
@@ -47,13 +47,13 @@ def test_an_over_trained_real_run_warns_and_a_gentle_one_is_quiet(smollm2_studen
     assert kinds & {"runaway_margin", "rejected_plunge", "saturated"}, summary["last_log"]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert any(set(r.get("warnings", [])) & kinds for r in log), "the step log marks the step that warned"
-    section = "\n".join(_training_section(tmp_path / "hot_run", tmp_path / "figures") or [])
+    section = "\n".join(training_section(tmp_path / "hot_run", tmp_path / "figures") or [])
     assert section == "", "no train.json there: no section"
     run_dir = tmp_path / "hot_run"
     (run_dir / "train").mkdir(parents=True)
     for name in ("train.json", "train_log.jsonl"):
         (run_dir / "train" / name).write_text((out / name).read_text())
-    section = "\n".join(_training_section(run_dir, tmp_path / "figures"))
+    section = "\n".join(training_section(run_dir, tmp_path / "figures"))
     assert "no warnings" not in section and "early stopping" in section
 
     gentle, _ = _run(smollm2_student, pairs, tmp_path / "gentle", learning_rate=2e-5, steps=4)
