@@ -11,6 +11,7 @@ whole exchange (not per read), and ``MAX_CHARS_PER_TOKEN`` between an answer and
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import httpx2 as httpx  # the HTTP client the pinned openai (3.x) is built on: its transports plug in
@@ -92,33 +93,65 @@ def parse_model_list(body: bytes) -> list[str]:
     return [m["id"] for m in entries]
 
 
+def _too_large(limit: int) -> BadReply:
+    return BadReply(f"the reply is larger than {limit // (1024 * 1024)} MiB", kind="reply_too_large")
+
+
 class _CappedStream(httpx.AsyncByteStream):
-    def __init__(self, stream, limit: int):
+    """The body as it arrives, cut off past ``limit`` bytes; a gzip or deflate body is inflated here, and cut off
+    past ``limit`` bytes inflated (a 64 kB gzip can hold gigabytes of zeros)."""
+
+    def __init__(self, stream, limit: int, encoding: str | None = None):
         self.stream, self.limit = stream, limit
+        self.inflate = (zlib.decompressobj(16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS)
+                        if encoding else None)
 
     async def __aiter__(self):
-        seen = 0
+        seen = made = 0
         async for chunk in self.stream:
             seen += len(chunk)
             if seen > self.limit:
-                raise BadReply(f"the reply is larger than {self.limit // (1024 * 1024)} MiB", kind="reply_too_large")
-            yield chunk
+                raise _too_large(self.limit)
+            if self.inflate is None:
+                yield chunk
+                continue
+            while chunk:
+                try:
+                    out = self.inflate.decompress(chunk, self.limit - made + 1)
+                except zlib.error as exc:
+                    raise BadReply(f"the reply's compressed body is corrupt ({exc})") from None
+                made += len(out)
+                if made > self.limit:
+                    raise _too_large(self.limit)
+                if out:
+                    yield out
+                chunk = self.inflate.unconsumed_tail
 
     async def aclose(self) -> None:
         await self.stream.aclose()
 
 
 class CappedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport, with every response body cut off (BadReply) past ``limit`` bytes."""
+    """httpx's transport, asking for uncompressed replies and cutting every response body off (BadReply) past
+    ``limit`` bytes, before or after inflating a gzip/deflate body that a server sends anyway."""
 
     def __init__(self, limit: int = MAX_REPLY_BYTES, **kwargs):
         super().__init__(**kwargs)
         self.limit = limit
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request.headers["Accept-Encoding"] = "identity"
         response = await super().handle_async_request(request)
-        return httpx.Response(status_code=response.status_code, headers=response.headers,
-                              stream=_CappedStream(response.stream, self.limit), extensions=response.extensions)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
+            await response.aclose()
+            raise BadReply(f"the reply is {encoding!r}-encoded, which lite-delta does not read (it asks for none)")
+        headers = [(k, v) for k, v in response.headers.multi_items()
+                   if k.lower() not in ("content-encoding", "content-length")]  # inflated here, not by httpx
+        stream = _CappedStream(response.stream, self.limit, encoding if encoding in ("gzip", "x-gzip", "deflate")
+                               else None)
+        return httpx.Response(status_code=response.status_code, headers=headers, stream=stream,
+                              extensions=response.extensions)
 
 
 def bad_reply_in(exc: BaseException) -> BadReply | None:

@@ -35,12 +35,24 @@ class TemplateBudgetError(TemplateError):
 _HUGE_WIDTH = re.compile(r"\d{7,}")  # a format width or precision of a million or more: '%9999999s', '{:>9999999}'
 
 
+def _flat(values) -> list:
+    """The values, with those inside a tuple, list or dict one level down ('%*s' % (10**9, 'x'), format_map)."""
+    out = []
+    for v in values:
+        out.append(v)
+        if isinstance(v, (tuple, list)):
+            out.extend(v[:1000])
+        elif isinstance(v, dict):
+            out.extend(list(v.values())[:1000])
+    return out
+
+
 def _check_args(name: str, args: tuple, kwargs: dict) -> None:
     """Refuse, before it runs, a call that would build a value past MAX_VALUE_CHARS from small inputs."""
-    values = (*args, *kwargs.values())
+    values = _flat((*args, *kwargs.values()))
     if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_VALUE_CHARS for v in values):
         raise TemplateBudgetError(f"{name} with a number over {MAX_VALUE_CHARS:,}")
-    if "format" in name and any(isinstance(v, str) and _HUGE_WIDTH.search(v) for v in values):
+    if ("format" in name or "%" in name) and any(isinstance(v, str) and _HUGE_WIDTH.search(v) for v in values):
         raise TemplateBudgetError(f"{name} with a width over {MAX_VALUE_CHARS:,}")
     if "replace" in name:
         texts = [v for v in values if isinstance(v, str)]
@@ -85,8 +97,8 @@ class _ChatSandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context, operator, left, right):
         if operator == "**" and isinstance(right, Number) and abs(right) > MAX_POWER:
             raise TemplateBudgetError(f"an exponent over {MAX_POWER}")
-        if operator == "%" and isinstance(left, str) and _HUGE_WIDTH.search(left):
-            raise TemplateBudgetError(f"a format width over {MAX_VALUE_CHARS:,}")
+        if operator == "%" and isinstance(left, str):
+            _check_args("the % operator", (left, right), {})  # '%999999999s' % x, '%*s' % (10**9, x)
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_VALUE_CHARS:

@@ -5,6 +5,7 @@ beside the hostile one, finishes every answer there."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -88,6 +89,16 @@ class Hostile(BaseHTTPRequestHandler):
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
                     time.sleep(0.5)
+            elif self.behaviour in ("gzip_bomb", "gzip_good", "brotli"):  # compressed though asked for none
+                body = (b" " * (MAX_REPLY_BYTES + 1024 * 1024) + json.dumps(chat()).encode()
+                        if self.behaviour == "gzip_bomb" else json.dumps(chat()).encode())
+                packed = gzip.compress(body, compresslevel=9)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Encoding", "br" if self.behaviour == "brotli" else "gzip")
+                self.send_header("Content-Length", str(len(packed)))
+                self.end_headers()
+                self.wfile.write(packed)
             elif self.behaviour == "huge_body":  # past the cap, announced honestly
                 chunk = b" " * (1024 * 1024)
                 self.send(b"", length=MAX_REPLY_BYTES + 4 * len(chunk))
@@ -175,7 +186,8 @@ def test_a_good_server_beside_a_hostile_one_does_all_the_work(tmp_path, serve, w
     assert down["down"] and down["errors"] == {"bad_reply": down["retries"]} and down["completed"] == 0
 
 
-@pytest.mark.parametrize("behaviour, says", [("drip", "no complete reply within 2 s"), ("huge_body", "larger than 16 MiB")])
+@pytest.mark.parametrize("behaviour, says", [("drip", "no complete reply within 2 s"), ("huge_body", "larger than 16 MiB"),
+                                             ("gzip_bomb", "larger than 16 MiB"), ("brotli", "'br'-encoded")])
 def test_endless_replies_are_cut_off(behaviour, says, tmp_path, serve, write_prompts):
     """httpx's timeout is per read: a server dripping a byte every 0.5 s never trips it. The whole exchange is
     bounded by the request timeout, and a body by MAX_REPLY_BYTES."""
@@ -225,3 +237,9 @@ def test_two_processes_on_one_out_folder(tmp_path, serve, write_prompts):
     assert "Traceback" not in second.stderr
     keys = [r["key"] for r in read_completions(out)]
     assert len(keys) == len(set(keys)) == 4
+
+
+def test_a_gzip_reply_from_a_server_that_compresses_anyway_is_read(tmp_path, serve, write_prompts):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["Name two rivers.", "List three colours."])
+    out = _bounded(lambda: generate(_config(tmp_path, prompts, serve("gzip_good")), progress=False), 60)
+    assert [r["completion"] for r in read_completions(out)] == ["1. one\n2. two"] * 2

@@ -60,6 +60,9 @@ HOSTILE_TEMPLATES = {  # each, rendered unbounded, raises a non-Jinja error, eat
     "width_method": ("{{ 'x'.ljust(10**9) }}", "number over 1,000,000"),
     "format_width": ("{{ '{:>999999999}'.format('x') }}", "width over 1,000,000"),
     "percent_width": ("{{ '%999999999s' % 'x' }}", "width over 1,000,000"),
+    "percent_star_width": ("{{ '%*s' % (10**9, 'x') }}", "number over 1,000,000"),
+    "format_map_width": ("{{ '{a:{w}}'.format_map({'a': 'x', 'w': 999999999}) }}", "number over 1,000,000"),
+    "nested_format_width": ("{{ '{0:{1}}'.format('x', 999999999) }}", "number over 1,000,000"),
     "replace_growth": ("{% set ns = namespace(s='x' * 1000) %}{% for i in range(5) %}"
                        "{% set ns.s = ns.s.replace('', ns.s) %}{% endfor %}", "over 1,000,000 characters"),
     "power_tower": ("{{ 10 ** (10 ** 10) }}", "exponent over 4096"),
