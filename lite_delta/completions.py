@@ -81,8 +81,8 @@ def _parse_lines(path: Path) -> tuple[list[dict], int]:
         raw = data[pos:nl]
         try:
             record = parse_json(raw, "it")
-            if not isinstance(record, dict) or "key" not in record:
-                raise ValueError("not a completion record")
+            if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+                raise ValueError("not a completion record (an object with a string `key`)")
         except (LiteDeltaError, ValueError) as exc:
             if data.find(b"\n", nl + 1) == -1 and not data[nl + 1 :].strip():
                 break  # a garbled last line is a torn write too

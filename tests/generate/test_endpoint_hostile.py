@@ -46,6 +46,7 @@ REPLIES = {
     "no_usage": json.dumps({k: v for k, v in chat().items() if k != "usage"}).encode(),
     "string_counts": json.dumps(chat(usage={"prompt_tokens": "9", "completion_tokens": "6"})).encode(),
     "negative_counts": json.dumps(chat(usage={"prompt_tokens": 9, "completion_tokens": -6})).encode(),
+    "absurd_counts": json.dumps(chat(usage={"prompt_tokens": 10**30, "completion_tokens": 6})).encode(),
     "long_answer_few_tokens": json.dumps(chat(content="x" * 200_000,
                                               usage={"prompt_tokens": 9, "completion_tokens": 3})).encode(),
 }
@@ -161,6 +162,7 @@ def _bounded(fn, seconds: float):
     ("not_utf8", "not UTF-8"), ("lone_surrogate", "lone UTF-16 surrogate"),
     ("content_not_string", "`content` is list"), ("finish_null", "`finish_reason` is None"),
     ("no_usage", "no `usage`"), ("string_counts", "usage.prompt_tokens"), ("negative_counts", "usage.completion_tokens"),
+    ("absurd_counts", "usage.prompt_tokens"),
     ("long_answer_few_tokens", "200,000 characters for 3 tokens"),
 ])
 def test_bad_reply_stores_nothing_and_stops_with_the_reason(behaviour, says, tmp_path, serve, write_prompts):
