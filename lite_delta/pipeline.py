@@ -69,7 +69,7 @@ def stage_settings(recipe: Recipe) -> dict[str, dict | None]:
         if recipe.train and recipe.contrast.sft else None,
         "convert": {"student": data["student"], "student_convert": convert_settings(recipe)} if converts(recipe) else None,
         "export": {"student": data["student"], "student_gguf": data["student_gguf"], "export": data["export"],
-                   "quick_check_prompts": _quick_check_source(data),  # its first prompt is the quick check's
+                   "quick_check_prompts": quick_check_prompts(recipe).model_dump(mode="json"),
                    **({"student_convert": convert_settings(recipe)} if converts(recipe) else {})}
         if exports(recipe) else None,
         "evaluate": {"student": data["student"], "student_gguf": data["student_gguf"], "evaluate": data["evaluate"],
@@ -210,10 +210,10 @@ def student_gguf_for(recipe: Recipe, run_dir: Path, *, purpose: str) -> str | No
     return record["gguf"] if purpose == "export" else record["eval_gguf"]
 
 
-def _quick_check_source(data: dict) -> dict:
-    """The prompts the export's quick check reads (see run_export): the held-out ones, else the recipe's own."""
-    utility = (data.get("evaluate") or {}).get("utility")
-    return utility["prompts"] if utility else data["prompts"]
+def quick_check_prompts(recipe: Recipe):
+    """The prompts whose first one the export's quick check answers: the held-out ones, else the recipe's own."""
+    utility = recipe.evaluate.utility if recipe.evaluate else None
+    return utility.prompts if utility else recipe.prompts
 
 
 def stage_keys(recipe: Recipe) -> dict[str, str | None]:
@@ -447,8 +447,7 @@ def run_export(recipe: Recipe, run_dir: Path) -> list[Path]:
     from lite_delta.models.export import export
     from lite_delta.prompts import load_prompts
 
-    utility = recipe.evaluate.utility if recipe.evaluate else None
-    source = utility.prompts if utility else recipe.prompts
+    source = quick_check_prompts(recipe)
     prompt = load_prompts(source.source, column=source.column, split=source.split, n=1, sample="first")[0][0]
     adapter = _trained_adapter(run_dir)
     base = student_gguf_for(recipe, run_dir, purpose="export")
@@ -629,8 +628,8 @@ def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs", overri
     run_dir = Path(runs_dir) / recipe.name
     if Path(os.path.normpath(run_dir)).parent != Path(os.path.normpath(runs_dir)):  # never outside --runs-dir
         raise LiteDeltaError(f"recipe name {recipe.name!r} does not name a folder inside {runs_dir}")
-    manifest = Manifest.load(run_dir)
-    if not dry_run:
+    manifest = Manifest.load(run_dir)  # read and planned here to refuse a bad manifest or --from before anything
+    if not dry_run:                    # is written; planned again below, under the folder's lock
         fetch_student_config(recipe)
     plans = plan_stages(recipe, manifest, from_stage=from_stage, until_stage=until_stage)
     conversion = student_conversion(recipe)
