@@ -51,7 +51,7 @@ def run(
 @app.command()
 def generate(
     model: Optional[str] = typer.Option(None, help="local .gguf, hf://ORG/REPO/FILE.gguf (globs ok) or pkg://PACKAGE/FILE.gguf"),
-    prompts: str = typer.Option(..., help="jsonl/json/parquet file, Hub dataset id, or builtin:NAME"),
+    prompts: str = typer.Option(..., help="jsonl/json/parquet/csv file, Hub dataset id, or builtin:NAME"),
     out: Path = typer.Option(..., help="output directory (completions.jsonl); rerun to resume"),
     n: Optional[int] = typer.Option(None, min=1, help="use N prompts (deterministic sample)"),
     max_tokens: int = typer.Option(2048, min=1, help="new tokens per answer"),
@@ -63,6 +63,7 @@ def generate(
     samples: int = typer.Option(1, min=1, help="answers per prompt (for by_score pairing)"),
     prompt_column: Optional[str] = typer.Option(None, help="column holding the prompt (auto-detected)"),
     split: str = typer.Option("train", help="dataset split for a Hub id"),
+    prompt_config: Optional[str] = typer.Option(None, help="the Hub dataset's config name, e.g. main for gsm8k"),
     max_prompt_tokens: int = typer.Option(2046, min=1, help="longer prompts are dropped and counted"),
     stop: Optional[list[str]] = typer.Option(None, help="stop string (repeatable)"),
     engine: str = typer.Option("batched", help="batched | sequential"),
@@ -93,7 +94,8 @@ def generate(
                       timeout=request_timeout, retries=retries, backoff=backoff, api_key_env=api_key_env)
         if endpoint else None,
         out=out,
-        prompts=dict(source=prompts, column=prompt_column, split=split, n=n, max_prompt_tokens=max_prompt_tokens),
+        prompts=dict(source=prompts, column=prompt_column, split=split, config=prompt_config, n=n,
+                     max_prompt_tokens=max_prompt_tokens),
         generation=dict(
             temperature=temperature,
             top_p=top_p,
@@ -146,7 +148,9 @@ def pair(
 
 @app.command()
 def train(
-    pairs: Optional[Path] = typer.Option(None, help="pair-stage output folder or pairs.jsonl"),
+    pairs: Optional[str] = typer.Option(None, help="pair-stage output folder, a pairs file (.jsonl/.json/.parquet/"
+                                        ".csv), or a Hub dataset ORG/NAME[:CONFIG][@SPLIT] (split train unless "
+                                        "named); a local path that exists wins"),
     student: Optional[str] = typer.Option(None, help="Hub id, model folder, or GGUF reference"),
     out: Optional[Path] = typer.Option(None, help="output folder: adapter/, train_log.jsonl, checkpoints/"),
     backend: Optional[str] = typer.Option(None, help="auto | unsloth | peft"),
@@ -317,6 +321,9 @@ def bench_train(
     out: Optional[Path] = typer.Option(None, help="write the figures as JSON here (after every setting)"),
     timeout_s: Optional[float] = typer.Option(None, "--timeout-s", min=1, help="--backend both: seconds for both "
                                               "(split between the backends still to run)"),
+    report_to: list[str] = typer.Option(["none"], "--report-to", help="trackers as transformers names them "
+                                        "(tensorboard: beside --out, in tensorboard/RUN-NAME-SETTING); repeatable"),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="the tracker's run name (default bench-train)"),
 ) -> None:
     """K DPO steps on exact-length synthetic pairs: tokens/s, s/step, peak GPU memory vs the planner."""
     from lite_delta.train.bench import bench_train as run_bench, summary_lines
@@ -329,7 +336,8 @@ def bench_train(
             raise LiteDeltaError(f"{option} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}")
     result = run_bench(student, max_lengths=list(max_length), batches=list(batch), backend=backend, steps=steps,
                        warmup=warmup, lora_r=lora_r, precompute_ref_log_probs=precompute_ref, precision=precision,
-                       quantization=quantization, out=out, timeout_s=timeout_s)
+                       quantization=quantization, out=out, timeout_s=timeout_s, report_to=list(report_to),
+                       run_name=run_name)
     for line in summary_lines(result):
         print(line)
 
@@ -454,6 +462,26 @@ def meter_(
     result = run_meter(_validated(MeterConfig, **fields))
     print((out / "meter.md").read_text(encoding="utf-8"), end="")
     console.print(f"[green]done[/green]: {out / 'meter.json'} ({result['overall']['verdict'].replace('_', ' ')})")
+
+
+@app.command("push")
+def push_(
+    run_dir: Path = typer.Argument(..., help="a finished run folder, runs/NAME"),
+    repo: str = typer.Option(..., help="USER/NAME: the adapter's repo; the others are NAME-GGUF, NAME-merged, "
+                             "NAME-pairs (a dataset)"),
+    parts: Optional[str] = typer.Option(None, help="comma-separated: adapter, gguf, merged, pairs (default: every "
+                                        "part the run has)"),
+    private: bool = typer.Option(False, "--private", help="create the repos private"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print which file goes to which repo and path, and the "
+                                 "cards; upload nothing"),
+) -> None:
+    """Push a finished run to the Hugging Face Hub: adapter, GGUFs, merged model and pairs, each with a card."""
+    from lite_delta.share import parse_parts, plan_lines, push
+
+    plan, urls = push(run_dir, repo, parts=parse_parts(parts), private=private, dry_run=dry_run)
+    print("\n".join(plan_lines(plan, cards=dry_run)))
+    for url in urls:
+        console.print(f"[green]pushed[/green]: {url}")
 
 
 def _validated(model_cls, **fields):

@@ -73,9 +73,12 @@ def template_kwargs_field(description: str):
 
 
 class PromptsConfig(Strict):
-    source: str = Field(description="Hub dataset id, local .jsonl/.json/.parquet file, or builtin:NAME")
+    source: str = Field(description="Hub dataset id, local .jsonl/.json/.parquet/.csv file, or builtin:NAME")
     column: str | None = Field(None, description="column holding the prompt; auto-detected when unset")
     split: str = "train"
+    # left out of dumps while unset, so stage keys and records of runs without it stay what they were
+    config: str | None = Field(None, exclude_if=lambda config: config is None,
+                               description="the Hub dataset's config name (e.g. main for gsm8k); unset: its default")
     n: int | None = Field(None, gt=0, description="use N prompts (deterministic sample); all when unset")
     sample: Literal["first", "random"] = "random"
     seed: int = 0
@@ -283,11 +286,15 @@ class ContrastConfig(Strict):
                                          "runs where the recipe trains")
 
 
+# A Hugging Face Hub model id, ORG/NAME: what a model card's `base_model` must be (never a path or pkg://).
+HUB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,100}$", description="the run's folder under --runs-dir: "
                       "letters, digits, '.', '_', '-', at most 100 characters, not '.' or '..'")
     prompts: PromptsConfig
-    teachers: TeachersConfig
+    teachers: TeachersConfig = Field(default_factory=TeachersConfig, description="unused where train.pairs is set")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
     student: str | None = Field(None, description="the model DPO trains: Hub id, model folder or GGUF reference")
@@ -295,6 +302,10 @@ class Recipe(Strict):
         None, description="a GGUF of the same base as a Hub student: export and llama.cpp evaluation use it "
         "(unset: the student is converted, see student_convert)")
     student_convert: StudentConvertConfig = Field(default_factory=StudentConvertConfig)
+    student_hub_id: str | None = Field(
+        None, pattern=HUB_ID_PATTERN, description="the student's Hub id (ORG/NAME), the `base_model` of the cards "
+        "`lite-delta push` writes: needed where the student is a GGUF or folder whose metadata does not name it "
+        "(unset: the student itself when it is a Hub id, else its GGUF's metadata)")
     train: TrainSettings | None = None
     export: ExportConfig = Field(default_factory=ExportConfig)
     contrast: ContrastConfig = Field(default_factory=ContrastConfig)
@@ -318,10 +329,11 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _teachers_match_mode(self) -> "Recipe":
         t = self.teachers
-        if self.pairing.mode == "by_model" and not (t.chosen and t.rejected):
+        own_pairs = bool(self.train and self.train.pairs)  # nothing is generated: no teacher is needed
+        if self.pairing.mode == "by_model" and not (t.chosen and t.rejected) and not own_pairs:
             raise ValueError("pairing.mode by_model needs teachers.chosen and teachers.rejected")
         if self.pairing.mode == "by_score":
-            if not t.samples:
+            if not t.samples and not own_pairs:
                 raise ValueError("pairing.mode by_score needs teachers.samples")
             if self.generation.samples_per_prompt < 2:
                 raise ValueError("pairing.mode by_score needs generation.samples_per_prompt >= 2")
@@ -458,6 +470,9 @@ class MeterConfig(MeterSettings):
     min_margin: float = Field(1.0, ge=0, description="the scorer task's smallest clear delta (pairing.min_margin)")
     out: Path
 
+# Where a training run is logged, not what it trains: left out of the train and sft stage keys.
+TRACKING = ("report_to", "run_name")
+
 # TRL 1.15 DPOTrainer's loss names; a wrong one would only fail at the first step, so we check up front.
 DPO_LOSSES = (
     "sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
@@ -465,10 +480,23 @@ DPO_LOSSES = (
 )
 
 
+def _path_text(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value  # a Path from Python callers: kept as its text
+
+
+# Preference pairs: a pair-stage folder, a pairs file, or a Hub dataset ORG/NAME[:CONFIG][@SPLIT] (train/pairs_io.py).
+PairsRef = Annotated[str, BeforeValidator(_path_text), Field(min_length=1)]
+
+
 class TrainSettings(Strict):
     """The knobs of one DPO run (a recipe's `train:` section; defaults: the paper's loss and beta, LoRA-sized lr)."""
 
     backend: Literal["auto", "unsloth", "peft"] = "auto"
+    pairs: PairsRef | None = Field(
+        None, exclude_if=lambda pairs: pairs is None,
+        description="train on these pairs instead of the pair stage's, and skip the meter, generate and pair "
+        "stages: a Hub dataset ORG/NAME[:CONFIG][@SPLIT] (split train unless named) or a local pairs file "
+        "(.jsonl/.json/.parquet/.csv) or folder; a local path that exists wins over a Hub id of the same name")
     loss: str | list[str] = Field(
         "sigmoid_norm", description="length-normalized DPO, as the paper and Tulu 3; a list combines TRL's losses "
         "with loss_weights, e.g. [sigmoid_norm, sft]: DPO plus an NLL term on the chosen answers (RPO)")
@@ -510,6 +538,26 @@ class TrainSettings(Strict):
         "batch_size x grad_accum x num_processes, so divide grad_accum to keep it")
     accelerate_config: str | None = Field(
         None, description="accelerate config: ddp | zero3 | fsdp-qlora (shipped) or a YAML file; launches through it")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, exclude_if=lambda p: not p, description="dropout on the LoRA input (0: Unsloth's fast path)")
+    # Tracking: where the run is logged, not what it trains, so it is left out of the stage keys (TRACKING).
+    report_to: str | list[str] = Field(
+        "none", validate_default=True, description="experiment trackers as transformers names them: none | tensorboard | wandb | trackio "
+        "| mlflow | ... (a list for several); tensorboard writes to <out>/tensorboard, no account needed")
+    run_name: str | None = Field(None, exclude_if=lambda n: n is None, description="the run's name in the tracker; default: the recipe's name")
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, exclude_if=lambda args: not args,
+        description="any other TRL DPOConfig/SFTConfig field (optim, weight_decay, max_grad_norm, adam_beta2, ...), "
+        "checked against the installed TRL before a model loads; fields lite-delta sets from the recipe are refused "
+        "with the recipe field to use instead")
+    # Held-out pairs: split off by prompt before training, evaluated with TRL's own evaluation loop.
+    eval_fraction: float = Field(
+        0.0, ge=0, lt=0.5, exclude_if=lambda f: not f, description="share of prompts held out of training (by prompt, seeded by `seed`): their "
+        "pairs get TRL's held-out loss, rewards, margins and accuracy every eval_steps; 0: none")
+    eval_steps: int | None = Field(
+        None, gt=0, exclude_if=lambda n: n is None, description="evaluate the held-out pairs every N optimizer steps; unset: 10 times in the run")
+    select: Literal["last", "best_eval"] = Field(
+        "last", exclude_if=lambda s: s == "last", description="which adapter becomes adapter/: the last step's, or best_eval: the evaluated step with "
+        "the lowest held-out DPO loss (needs eval_fraction; a checkpoint is saved at every evaluation)")
 
     @field_validator("loss")
     @classmethod
@@ -523,6 +571,24 @@ class TrainSettings(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"names a loss twice ({', '.join(names)})")
         return loss
+
+    @field_validator("report_to")
+    @classmethod
+    def _tracker_names(cls, report_to: str | list[str]) -> list[str]:
+        names = [report_to] if isinstance(report_to, str) else list(report_to)
+        if not names or any(not n.strip() for n in names):
+            raise ValueError("name a tracker (tensorboard, wandb, trackio, ...) or none")
+        if len(names) > 1 and ("none" in names or "all" in names):
+            raise ValueError(f"`none` and `all` stand alone, not in a list ({', '.join(names)})")
+        return names
+
+    @model_validator(mode="after")
+    def _held_out_for_selection(self):
+        if self.select == "best_eval" and not self.eval_fraction:
+            raise ValueError("select: best_eval picks by the held-out pairs: set eval_fraction (e.g. 0.1)")
+        if self.eval_steps is not None and not self.eval_fraction:
+            raise ValueError("eval_steps evaluates held-out pairs: set eval_fraction (e.g. 0.1) too")
+        return self
 
     @model_validator(mode="after")
     def _weights_match_losses(self):
@@ -540,7 +606,8 @@ class TrainConfig(TrainSettings):
     """One DPO run of the student on preference pairs: the settings plus what to train, on what, where."""
 
     student: str = Field(description="Hub id, local model folder, or a GGUF reference (converted once)")
-    pairs: Path = Field(description="pair-stage output folder or a pairs file (.jsonl/.json/.parquet)")
+    pairs: PairsRef = Field(description="pair-stage output folder, a pairs file (.jsonl/.json/.parquet/.csv) or a "
+                            "Hub dataset ORG/NAME[:CONFIG][@SPLIT]")
     out: Path
 
 

@@ -91,9 +91,18 @@ def count_prompts(recipe: Recipe) -> tuple[int | None, str]:
     if p.source.startswith("builtin:") or Path(p.source).is_file():
         from lite_delta.prompts import load_prompts
 
-        prompts, _ = load_prompts(p.source, column=p.column, split=p.split, n=p.n, sample=p.sample, seed=p.seed)
+        prompts, _ = load_prompts(p.source, column=p.column, split=p.split, config=p.config, n=p.n, sample=p.sample, seed=p.seed)
         return len(prompts), "counted"
     return p.n, "from prompts.n (Hub dataset, not read in a dry run)" if p.n else "all rows of a Hub dataset"
+
+
+def count_pairs(ref: str) -> tuple[int | None, str]:
+    """`train.pairs`: a local pairs file is counted; a dataset (Hub id or Hub-layout folder) is not read."""
+    from lite_delta.train.pairs_io import load_pairs, pairs_location
+
+    if isinstance(pairs_location(ref), Path):
+        return len(load_pairs(ref)), "counted"
+    return None, "a dataset, not read in a dry run"
 
 
 def student_shapes(ref: str, online: bool):
@@ -152,8 +161,10 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
     console.print(stages)
 
     t = recipe.teachers
-    models = [("chosen teacher", t.chosen), ("rejected teacher", t.rejected), ("sampled teacher", t.samples),
-              ("student", recipe.student)]
+    own_pairs = recipe.train.pairs if recipe.train else None  # no teacher answers anything
+    models = [] if own_pairs else [("chosen teacher", t.chosen), ("rejected teacher", t.rejected),
+                                   ("sampled teacher", t.samples)]
+    models.append(("student", recipe.student))
     table = Table("model", "reference", "where", "size")
     sizes = {}
     for role, ref in models:
@@ -165,13 +176,22 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
 
     facts["convert"] = print_conversion(recipe, console)
 
-    n, how = count_prompts(recipe)
     g = recipe.generation
-    teachers = 2 if recipe.pairing.mode == "by_model" else 1
-    answers = (n or 0) * g.samples_per_prompt * teachers
-    console.print(f"prompts: {n if n is not None else '?'} ({how}); answers to generate: {answers or '?'} "
-                  f"of up to {g.max_tokens} tokens")
-    facts.update(prompts=n, answers=answers)
+    if own_pairs:
+        from lite_delta.train.pairs_io import pairs_source
+
+        n, how = count_pairs(own_pairs)
+        answers = 0
+        console.print(f"pairs: {pairs_source(own_pairs)} (train.pairs; meter, generate and pair left out): "
+                      f"{n if n is not None else '?'} ({how})")
+        facts.update(prompts=None, answers=0, pairs=n, pairs_source=str(pairs_source(own_pairs)))
+    else:
+        n, how = count_prompts(recipe)
+        teachers = 2 if recipe.pairing.mode == "by_model" else 1
+        answers = (n or 0) * g.samples_per_prompt * teachers
+        console.print(f"prompts: {n if n is not None else '?'} ({how}); answers to generate: {answers or '?'} "
+                      f"of up to {g.max_tokens} tokens")
+        facts.update(prompts=n, answers=answers)
 
     eta = {}
     gen_tokens = answers * g.max_tokens
@@ -179,7 +199,7 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
     if recipe.student:
         shapes = student_shapes(recipe.student, online)
     teacher_refs = []
-    for ref in (t.chosen, t.rejected, t.samples):
+    for ref in () if own_pairs else (t.chosen, t.rejected, t.samples):
         ref = t.chosen if isinstance(ref, DerivedTeacher) else ref  # a derived teacher has the chosen one's shapes
         if ref and ref not in teacher_refs:
             teacher_refs.append(ref)
@@ -187,7 +207,7 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
     if not cuda and teacher_shapes and all(teacher_shapes):
         params_b = max(s.params for s in teacher_shapes) / 1e9
         eta["generate"] = gen_tokens / (CPU_GEN_TOK_S_135M * 0.135 / params_b)
-    measured = meter_throughputs(recipe, run_dir)
+    measured = {} if own_pairs else meter_throughputs(recipe, run_dir)
     if measured:  # the meter's tokens/s of each teacher on this machine (CPU or GPU) beat any scaled guess
         eta["generate"] = sum((n or 0) * g.samples_per_prompt * g.max_tokens / tps for tps in measured.values())
         facts["generate_tokens_per_s"] = measured
@@ -198,7 +218,7 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
         pairs_max = n or 0
         per_step = tr.batch_size * tr.grad_accum * tr.num_processes  # the global batch
         steps = tr.max_steps or math.ceil(pairs_max / per_step * tr.epochs) if pairs_max else tr.max_steps
-        pairs_max *= recipe.pairing.pairs_per_prompt if recipe.pairing.mode == "by_score" else 1
+        pairs_max *= recipe.pairing.pairs_per_prompt if recipe.pairing.mode == "by_score" and not own_pairs else 1
         steps = tr.max_steps or math.ceil(pairs_max / per_step * tr.epochs) if pairs_max else tr.max_steps
         console.print(f"training: at most {pairs_max or '?'} pairs, {per_step} per step → "
                       f"{steps or '?'} optimizer steps" + (" (DPO, then the same for the SFT contrast)"

@@ -24,8 +24,8 @@ from typing import Callable
 
 from rich.console import Console
 
-from lite_delta.config import (ENDPOINT_PLACEMENT, DerivedTeacher, EndpointTeacher, GenerateConfig, Recipe,
-                               TrainConfig, load_recipe)
+from lite_delta.config import (ENDPOINT_PLACEMENT, TRACKING, DerivedTeacher, EndpointTeacher, GenerateConfig,
+                               Recipe, TrainConfig, load_recipe)
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import FolderLock, parse_json, writable_dir, write_json
 
@@ -57,13 +57,16 @@ def stage_settings(recipe: Recipe) -> dict[str, dict | None]:
     for role, teacher in data["teachers"].items():  # an endpoint teacher's placement is not a setting
         if isinstance(teacher, dict) and "endpoints" in teacher:
             data["teachers"][role] = {k: v for k, v in teacher.items() if k not in ENDPOINT_PLACEMENT}
+    if data.get("train"):  # where training is logged is not a setting either
+        data["train"] = {k: v for k, v in data["train"].items() if k not in TRACKING}
+    generates = not own_pairs(recipe)  # train.pairs (in the train stage's settings) stands for these three
     return {
         "meter": {"meter": {k: v for k, v in data["meter"].items() if k != "on_negative"},  # a stop is kept, not remeasured
                   "suite_data_dir": str(recipe.evaluate.suite.data_dir) if recipe.evaluate and recipe.evaluate.suite else None,
                   **{k: data[k] for k in ("teachers", "generation", "pairing", "prompts")}}
-        if recipe.meter.enabled else None,
-        "generate": {k: data[k] for k in ("prompts", "teachers", "generation")},
-        "pair": {"pairing": data["pairing"]},
+        if recipe.meter.enabled and generates else None,
+        "generate": {k: data[k] for k in ("prompts", "teachers", "generation")} if generates else None,
+        "pair": {"pairing": data["pairing"]} if generates else None,
         "train": {"student": data["student"], "train": data["train"]} if recipe.train else None,
         "sft": {"student": data["student"], "train": data["train"], "contrast": data["contrast"]}
         if recipe.train and recipe.contrast.sft else None,
@@ -77,6 +80,17 @@ def stage_settings(recipe: Recipe) -> dict[str, dict | None]:
         if recipe.evaluate else None,
         "report": {"name": data["name"]},
     }
+
+
+def own_pairs(recipe: Recipe) -> str | None:
+    """The recipe's `train.pairs` (a Hub dataset or a local pairs file): training reads them, and the meter,
+    generate and pair stages are left out."""
+    return recipe.train.pairs if recipe.train else None
+
+
+def training_pairs(recipe: Recipe, run_dir: Path) -> str | Path:
+    """The pairs the train and sft stages read: `train.pairs`, else the pair stage's folder."""
+    return own_pairs(recipe) or run_dir / "pairs"
 
 
 def exports(recipe: Recipe) -> bool:
@@ -396,11 +410,14 @@ def run_pair(recipe: Recipe, run_dir: Path) -> list[Path]:
 def run_train(recipe: Recipe, run_dir: Path) -> list[Path]:
     """DPO in a child process (train/launch.py: GPU memory returned, Unsloth's patches kept out of this one)."""
     from lite_delta.train.launch import train_in_child
+    from lite_delta.train.pairs_io import pairs_source
     from lite_delta.train.stage import last_checkpoint
 
     out = run_dir / "train"
-    cfg = TrainConfig(**recipe.train.model_dump(), student=recipe.student, pairs=run_dir / "pairs", out=out)
-    console.print(f"[bold]train[/bold] {recipe.student} on {run_dir / 'pairs'}")
+    pairs = training_pairs(recipe, run_dir)
+    cfg = TrainConfig(**{**recipe.train.model_dump(), "student": recipe.student, "pairs": pairs, "out": out,
+                         "run_name": recipe.train.run_name or recipe.name})  # the tracker's run: the recipe's
+    console.print(f"[bold]train[/bold] {recipe.student} on {pairs_source(pairs)}")
     train_in_child("dpo", cfg, resume=last_checkpoint(out / "checkpoints") is not None)
     return [out / "adapter" / "adapter_model.safetensors", out / "train.json", out / "train_log.jsonl"]
 
@@ -411,8 +428,10 @@ def run_sft(recipe: Recipe, run_dir: Path) -> list[Path]:
     from lite_delta.train.sft import SUMMARY
 
     out = run_dir / "sft"
-    cfg = TrainConfig(**recipe.train.model_dump(), student=recipe.student, pairs=run_dir / "pairs", out=out)
-    console.print(f"[bold]sft[/bold] contrast: {recipe.student} on the chosen answers of {run_dir / 'pairs'}")
+    pairs = training_pairs(recipe, run_dir)
+    cfg = TrainConfig(**{**recipe.train.model_dump(), "student": recipe.student, "pairs": pairs, "out": out,
+                         "run_name": recipe.train.run_name or recipe.name})  # the tracker's run: the recipe's
+    console.print(f"[bold]sft[/bold] contrast: {recipe.student} on the chosen answers of {pairs}")
     train_in_child("sft", cfg, student_cache=run_dir / "train" / "student")
     return [out / "adapter" / "adapter_model.safetensors", out / SUMMARY]
 
@@ -448,7 +467,8 @@ def run_export(recipe: Recipe, run_dir: Path) -> list[Path]:
     from lite_delta.prompts import load_prompts
 
     source = quick_check_prompts(recipe)
-    prompt = load_prompts(source.source, column=source.column, split=source.split, n=1, sample="first")[0][0]
+    prompt = load_prompts(source.source, column=source.column, split=source.split, config=source.config, n=1,
+                          sample="first")[0][0]
     adapter = _trained_adapter(run_dir)
     base = student_gguf_for(recipe, run_dir, purpose="export")
     console.print(f"[bold]export[/bold] {adapter} onto {base}")
@@ -550,7 +570,8 @@ def heldout_messages(recipe: Recipe) -> dict[str, list[dict]]:
     from lite_delta.prompts import load_prompts
 
     p = recipe.evaluate.utility.prompts
-    prompts, _ = load_prompts(p.source, column=p.column, split=p.split, n=p.n, sample=p.sample, seed=p.seed)
+    prompts, _ = load_prompts(p.source, column=p.column, split=p.split, config=p.config, n=p.n, sample=p.sample,
+                              seed=p.seed)
     return {prompt.prompt_id: list(prompt.messages) for prompt in sorted(prompts, key=lambda pr: pr.index)}
 
 
@@ -582,7 +603,12 @@ def run_report(recipe: Recipe, run_dir: Path) -> list[Path]:
     from lite_delta.report import write_report
 
     console.print("[bold]report[/bold]")
-    return write_report(recipe, run_dir)
+    written = write_report(recipe, run_dir)
+    if recipe.train:  # pairs, meter and evaluation beside the training curves in its TensorBoard
+        from lite_delta.tracking import log_run_results
+
+        log_run_results(run_dir, list(recipe.train.report_to))
+    return written
 
 
 RUNNERS: dict[str, Callable[[Recipe, Path], list[Path]]] = {
@@ -590,7 +616,8 @@ RUNNERS: dict[str, Callable[[Recipe, Path], list[Path]]] = {
     "convert": run_convert, "export": run_export, "evaluate": run_evaluate, "report": run_report,
 }
 OUTPUT_DIRS = {"meter": ["meter"], "generate": ["generate"], "pair": ["pairs"],
-               "train": ["train/adapter", "train/checkpoints", "train/train_log.jsonl", "train/train.json"],
+               "train": ["train/adapter", "train/checkpoints", "train/train_log.jsonl", "train/train.json",
+                         "train/split.json", "train/tensorboard"],
                "sft": ["sft"], "convert": ["convert"], "export": ["export"], "evaluate": ["evaluate"], "report": []}
 
 
@@ -612,6 +639,11 @@ def stage_inputs(name: str, recipe: Recipe, run_dir: Path) -> list[Path]:
     if name == "generate":
         source = Path(recipe.prompts.source)
         return [source] if source.is_file() else []
+    if name == "train" and own_pairs(recipe):  # a local pairs file is hashed; a Hub dataset is in train.json
+        from lite_delta.train.pairs_io import pairs_location
+
+        source = pairs_location(own_pairs(recipe))
+        return [source] if isinstance(source, Path) and source.is_file() else []
     manifest = Manifest.load(run_dir)
     stages = manifest.data.get("stages", {})
     earlier = [s for s in STAGES[: STAGES.index(name)] if stages.get(s, {}).get("outputs")]
@@ -624,6 +656,10 @@ def run_recipe(recipe_path: str | Path, *, runs_dir: str | Path = "runs", overri
         if value is not None and value not in STAGES:
             raise LiteDeltaError(f"{option} {value!r}: stages are {', '.join(STAGES)}")
     recipe = load_recipe(recipe_path, overrides)
+    if recipe.train:  # trackers and trainer_args against this TRL, before anything runs (generation is long)
+        from lite_delta.train.trainer_args import check_settings
+
+        check_settings(recipe.train, sft=recipe.contrast.sft)
     writable_dir(runs_dir, "--runs-dir", create=not dry_run)
     run_dir = Path(runs_dir) / recipe.name
     if Path(os.path.normpath(run_dir)).parent != Path(os.path.normpath(runs_dir)):  # never outside --runs-dir
@@ -683,6 +719,7 @@ def _run_stages(recipe: Recipe, recipe_path, overrides, manifest: Manifest, run_
         if plan.name == "train" and train_json.is_file():
             info = json.loads(train_json.read_text(encoding="utf-8"))
             manifest.data["training"] = {k: info[k] for k in ("backend", "device", "precision")}
+            manifest.data["training"]["pairs_source"] = info.get("pairs", {}).get("source")
         manifest.save()
 
 

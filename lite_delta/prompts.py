@@ -5,10 +5,14 @@ A prompt is a conversation that ends before the assistant's reply. Rows may hold
 ``chosen``, ``conversations``) must hold a list, and a string there is refused with its row named.
 A conversation that already ends with an assistant turn is cut before that turn, which is how the
 paper takes prompts from the ``chosen`` column of the Tulu 3 preference mixture.
+
+Two more columns are read beside the prompt's: Alpaca's ``input`` (with ``instruction``) and ``system``, a
+per-row system message (ahead of ``generation.system``, which only fills in where a row has none).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.resources
 import json
@@ -26,7 +30,9 @@ PROMPT_COLUMNS = ("messages", "prompt", "chosen", "conversations", "instruction"
 # Columns whose name says they hold a conversation: a plain string there is refused, not read as a prompt.
 CONVERSATION_COLUMNS = ("messages", "chosen", "conversations")
 ROLES = ("system", "user", "assistant", "tool")
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# A per-row system message; Alpaca's second field, joined to `instruction` (see _alpaca).
+SYSTEM_COLUMN, ALPACA_INPUT = "system", "input"
 # ShareGPT-style {"from": ..., "value": ...} turns, as found in many `conversations` columns.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -54,14 +60,16 @@ def load_prompts(
     *,
     column: str | None = None,
     split: str = "train",
+    config: str | None = None,
     n: int | None = None,
     sample: Literal["first", "random"] = "random",
     seed: int = 0,
 ) -> tuple[list[Prompt], dict]:
     """Read, clean, deduplicate and sample prompts.
 
-    ``source``: a .jsonl/.json/.parquet file, ``builtin:NAME`` (e.g. ``builtin:demo``) or a Hub
-    dataset id ``ORG/NAME``. ``n``/``sample``/``seed`` pick a subset that keeps source order.
+    ``source``: a .jsonl/.json/.parquet/.csv file, ``builtin:NAME`` (e.g. ``builtin:demo``), a Hub
+    dataset id ``ORG/NAME`` (``config``: its config name, e.g. ``main`` for gsm8k) or a local folder laid out
+    like one. ``n``/``sample``/``seed`` pick a subset that keeps source order.
     Returns the prompts and counts: ``rows``, ``empty``, ``duplicates``, ``selected``.
     """
     if sample not in ("first", "random"):
@@ -69,14 +77,22 @@ def load_prompts(
     if n is not None and n < 1:
         raise LiteDeltaError(f"number of prompts must be at least 1, not {n}")
 
-    label, columns, cells = _read_source(source, split)
+    label, columns, cells = _read_source(source, split, config)
     column = _pick_column(label, columns, column)
+    extra = [name for name in (ALPACA_INPUT, SYSTEM_COLUMN) if name in columns and name != column]
+    if ALPACA_INPUT in extra and column != "instruction":
+        extra.remove(ALPACA_INPUT)
 
     unique: dict[str, tuple[dict, ...]] = {}
     stats = {"rows": 0, "empty": 0, "duplicates": 0, "selected": 0}
-    for where, value in cells(column):
+    for (where, value), *more in zip(cells(column), *(cells(name) for name in extra)):
         stats["rows"] += 1
+        row = dict(zip(extra, (cell for _, cell in more)))
+        if ALPACA_INPUT in row:
+            value = _alpaca(value, row[ALPACA_INPUT], f"{label} {where}")
         messages = _to_messages(value, f"{label} {where}", column)
+        if messages is not None and SYSTEM_COLUMN in row:
+            messages = _with_system(messages, row[SYSTEM_COLUMN], f"{label} {where}")
         if messages is None:
             stats["empty"] += 1
             continue
@@ -107,14 +123,14 @@ def load_prompts(
 # (location such as "line 3" or "row 3", value) pairs, _MISSING where a row lacks the column.
 
 
-def _read_source(source: str, split: str):
+def _read_source(source: str, split: str, config: str | None):
     if source.startswith("builtin:"):
         return _read_builtin(source)
     path = Path(source).expanduser()
     if path.is_file():
         return _read_file(path)
-    if path.is_dir():
-        raise LiteDeltaError(f"prompts source {source} is a folder: give a .jsonl, .json or .parquet file")
+    if path.is_dir():  # a dataset repo's layout, read as the Hub's copy of it would be
+        return _read_hub(str(path), split, config)
     looks_like_path = (
         source.startswith((".", "/", "~"))
         or path.suffix.lower() in FILE_SUFFIXES
@@ -122,10 +138,10 @@ def _read_source(source: str, split: str):
     )
     if looks_like_path:
         raise LiteDeltaError(
-            f"prompts file not found: {source} (give a .jsonl, .json or .parquet file, "
+            f"prompts file not found: {source} (give a .jsonl, .json, .parquet or .csv file, "
             "builtin:NAME, or a Hub dataset id ORG/NAME)"
         )
-    return _read_hub(source, split)
+    return _read_hub(source, split, config)
 
 
 def _read_builtin(source: str):
@@ -152,6 +168,8 @@ def _read_file(path: Path):
         return _parse_jsonl(str(path), path.read_bytes())
     if suffix == ".json":
         return _parse_json(str(path), path.read_bytes())
+    if suffix == ".csv":
+        return _read_csv(path)
     return _read_parquet(path)
 
 
@@ -194,6 +212,25 @@ def _from_rows(label: str, rows: list[tuple[str, dict]]):
     return label, columns, cells
 
 
+def _read_csv(path: Path):
+    """A CSV file with a header row; every cell stays text (no number guessing), an empty cell is empty."""
+    rows: list[tuple[str, dict]] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                if None in row:
+                    raise LiteDeltaError(f"{path} line {reader.line_num} has more cells than the header has columns")
+                rows.append((f"line {reader.line_num}", {k: v for k, v in row.items() if v is not None}))
+    except UnicodeDecodeError:
+        raise LiteDeltaError(f"{path} is not UTF-8 text: save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise LiteDeltaError(f"{path} is not valid CSV: {exc}") from None
+    if not rows:
+        raise LiteDeltaError(f"prompts file {path} has no rows (only a header)")
+    return _from_rows(str(path), rows)
+
+
 def _read_parquet(path: Path):
     import datasets
 
@@ -204,27 +241,11 @@ def _read_parquet(path: Path):
     return _from_dataset(str(path), table)
 
 
-def _read_hub(source: str, split: str):
-    import datasets
-    from datasets.exceptions import DatasetNotFoundError
+def _read_hub(source: str, split: str, config: str | None):
+    from lite_delta.hub_data import load_split
 
-    try:
-        table = datasets.load_dataset(source, split=split)
-    except DatasetNotFoundError:
-        raise LiteDeltaError(
-            f"Hub dataset {source} was not found, or is not in the local cache while offline: check the id; "
-            f"for a gated dataset accept its terms on https://huggingface.co/datasets/{source} and run `hf auth login`"
-        ) from None
-    except ConnectionError:
-        raise LiteDeltaError(
-            f"Hub dataset {source} is not in the local cache and the Hub cannot be reached: connect once, "
-            f"or `hf download {source} --repo-type dataset`, or pass a local .jsonl/.json/.parquet file"
-        ) from None
-    except ValueError as exc:
-        if "split" in str(exc).lower():
-            raise LiteDeltaError(f"Hub dataset {source} has no split '{split}': {exc}") from None
-        raise
-    return _from_dataset(source, table)
+    table = load_split(source, config, split, "prompts dataset")
+    return _from_dataset(source + (f" (config {config})" if config else ""), table)
 
 
 def _from_dataset(label: str, table):
@@ -274,6 +295,34 @@ def _to_messages(value: Any, where: str, column: str) -> list[dict] | None:
     if not any(m["role"] == "user" and m["content"].strip() for m in messages):
         return None
     return messages
+
+
+def _alpaca(instruction: Any, extra: Any, where: str) -> Any:
+    """Alpaca's `instruction` and its optional `input`, joined by a blank line as Alpaca's own prompt template
+    puts them one after the other (its "### Instruction:" and "### Input:" headers are left out: the student's
+    chat template frames the turn)."""
+    if extra is _MISSING or extra is None or (isinstance(extra, str) and not extra.strip()):
+        return instruction
+    if not isinstance(extra, str):
+        raise LiteDeltaError(f"{where}, field '{ALPACA_INPUT}' must be a string, not {type(extra).__name__}")
+    if not isinstance(instruction, str) or not instruction.strip():
+        return instruction  # no instruction: empty (counted), or refused by _to_messages
+    return f"{instruction}\n\n{extra}"
+
+
+def _with_system(messages: list[dict], system: Any, where: str) -> list[dict]:
+    """A `system` column's text as the conversation's first message (a conversation that starts with its own
+    system message must hold the same text: two would be ambiguous)."""
+    if system is _MISSING or system is None or (isinstance(system, str) and not system.strip()):
+        return messages
+    if not isinstance(system, str):
+        raise LiteDeltaError(f"{where}, field '{SYSTEM_COLUMN}' must be a string, not {type(system).__name__}")
+    if messages[0]["role"] == "system":
+        if messages[0]["content"] != system:
+            raise LiteDeltaError(f"{where}: field '{SYSTEM_COLUMN}' differs from the conversation's own system "
+                                 "message; keep only one")
+        return messages
+    return [{"role": "system", "content": system}, *messages]
 
 
 def _to_message(item: Any, where: str) -> dict:

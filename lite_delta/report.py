@@ -57,18 +57,30 @@ def training_chart(log_path: Path, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in records]
+    trained = [r for r in records if "loss" in r]
+    held = [r for r in records if "eval_loss" in r]  # held-out pairs (train.eval_fraction)
+    steps, held_steps = [r["step"] for r in trained], [r["step"] for r in held]
+    records = trained
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(steps, [r.get("loss") for r in records], marker=".")
+    axes[0].plot(steps, [r.get("loss") for r in records], marker=".", label="training pairs")
+    if held:
+        axes[0].plot(held_steps, [r["eval_loss"] for r in held], marker="o", ls="--", label="held-out pairs")
     axes[0].axhline(0.6931, color="grey", lw=0.8, ls="--", label="ln 2 (nothing learned)")
     axes[0].set_title("DPO loss")
     axes[0].legend(fontsize=8)
     for key, label in (("rewards/chosen", "chosen"), ("rewards/rejected", "rejected"), ("rewards/margins", "margin")):
         axes[1].plot(steps, [r.get(key) for r in records], marker=".", label=label)
+    if held:
+        axes[1].plot(held_steps, [r.get("eval_rewards/margins") for r in held], marker="o", ls="--", color="black",
+                     label="held-out margin")
     axes[1].axhline(0, color="grey", lw=0.8)
     axes[1].set_title("implicit rewards")
     axes[1].legend(fontsize=8)
-    axes[2].plot(steps, [r.get("rewards/accuracies") for r in records], marker=".")
+    axes[2].plot(steps, [r.get("rewards/accuracies") for r in records], marker=".", label="training pairs")
+    if held:
+        axes[2].plot(held_steps, [r.get("eval_rewards/accuracies") for r in held], marker="o", ls="--",
+                     color="black", label="held-out pairs")
+        axes[2].legend(fontsize=8)
     axes[2].set_ylim(-0.05, 1.05)
     axes[2].set_title("reward accuracy (chosen > rejected)")
     for ax in axes:
@@ -120,6 +132,7 @@ def training_section(run_dir: Path, figures: Path) -> list[str]:
              f"Last step: loss {_fmt(last.get('loss'), 3)}, margin {_fmt(last.get('rewards/margins'), 3)}, "
              f"accuracy {_fmt(last.get('rewards/accuracies'))}, chosen reward {_fmt(last.get('rewards/chosen'), 3)}, "
              f"rejected reward {_fmt(last.get('rewards/rejected'), 3)}.", ""]
+    lines += _held_out_lines(summary)
     if training_chart(run_dir / "train" / "train_log.jsonl", figures / "training.png"):
         lines += ["![training curves](figures/training.png)", ""]
     warnings = summary.get("health_warnings") or []
@@ -128,6 +141,22 @@ def training_section(run_dir: Path, figures: Path) -> list[str]:
     lines += ["", f"Chat template: from the {summary['chat_template']['source']} (sha256 "
                   f"{summary['chat_template']['sha256']}); one rendered pair: `train/rendered_pair.txt`.", ""]
     return lines
+
+
+def _held_out_lines(summary: dict) -> list[str]:
+    """Held-out pairs (train.eval_fraction) and which step's adapter was kept (train.select)."""
+    held, selected = summary.get("held_out"), summary.get("selected") or {}
+    if not held:
+        return []
+    last, best = held.get("last") or {}, held.get("best") or {}
+    lines = [f"Held-out pairs: {held['pairs']} ({held['prompts']} prompts, {held['fraction']:.0%} of them, kept out "
+             f"of training), evaluated {held['evaluations']} times. Last evaluation (step {last.get('step', '—')}): "
+             f"loss {_fmt(last.get('eval_loss'), 3)}, margin {_fmt(last.get('eval_rewards/margins'), 3)}, accuracy "
+             f"{_fmt(last.get('eval_rewards/accuracies'))}; lowest held-out loss {_fmt(best.get('eval_loss'), 3)} "
+             f"at step {best.get('step', '—')}."]
+    if selected.get("by", "last") != "last":
+        lines.append(f"The adapter is step {selected['step']}'s ({selected['by']}), not the last step's.")
+    return [" ".join(lines), ""]
 
 
 def _sft_section(run_dir: Path) -> list[str]:

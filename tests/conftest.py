@@ -110,6 +110,37 @@ def smollm2_adapter(tmp_path_factory, smollm2_student) -> Path:
     return train(cfg) / "adapter"
 
 
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, tiny_student) -> Path:
+    """An untrained PEFT LoRA adapter (all linear layers, r=2) on the tiny student, saved as training saves one:
+    PEFT's files, the student's tokenizer files and a training_args.bin pickle."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_adapter") / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(tiny_student)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copyfile(Path(tiny_student) / name, folder / name)
+    torch.save({"learning_rate": 5e-4}, folder / "training_args.bin")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_adapter, tiny_gguf) -> Path:
+    """`lite-delta export` of the tiny adapter on the tiny GGUF: adapter.gguf, merged-f16 and merged-Q4_K_M GGUFs,
+    the base, Modelfiles, export.json."""
+    from lite_delta.models.export import export
+
+    out = tmp_path_factory.mktemp("tiny_export") / "export"
+    export(tiny_adapter, str(tiny_gguf), out, quant="Q4_K_M", prompt=None)
+    return out
+
+
 @pytest.fixture
 def write_prompts():
     """Write a prompts .jsonl file: write_prompts(path, ["prompt", ...]) -> path."""

@@ -14,6 +14,7 @@ import pytest
 from conftest import BENCHDATA
 from nbclient import NotebookClient
 
+from lite_delta.cli import main
 from lite_delta.config import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def test_a_failed_cuda_build_shows_the_end_of_its_log(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
-def test_notebook_runs_the_demo_end_to_end(name, runs_dir, kernel_name):
+def test_notebook_runs_the_demo_end_to_end(name, runs_dir, kernel_name, capsys):
     nb = nbformat.read(REPO / "colab" / f"{name}.ipynb", as_version=4)
     nb.cells = [c for c in nb.cells if not tagged(c, "install")]
     for cell in nb.cells:
@@ -179,3 +180,27 @@ def test_notebook_runs_the_demo_end_to_end(name, runs_dir, kernel_name):
     shown = [out for out in report_cell.outputs if out.output_type == "display_data"]
     assert any("text/markdown" in out.data for out in shown)
     assert sum("image/png" in out.data for out in shown) == len(figures)
+    # The TensorBoard cell: the demo logs to no tracker, so the cell says how to get logs, not an empty board.
+    board = next(c for c in nb.cells if c.cell_type == "code" and "%tensorboard --logdir" in c.source)
+    said = "".join(out.get("text", "") for out in board.outputs if out.output_type == "stream")
+    assert load_recipe(DEMO).train.report_to == ["none"] and "no TensorBoard logs in this run" in said
+    # The push cell's dry run, and `lite-delta push --dry-run`, list every file of the run in its repo.
+    push_cell = next(c for c in nb.cells if c.cell_type == "code" and "push(run_dir" in c.source)
+    printed = "".join(out.get("text", "") for out in push_cell.outputs if out.output_type == "stream")
+    assert "model repo YOUR-USER/" in printed and "----- README.md of YOUR-USER/" in printed
+    capsys.readouterr()
+    main(["push", str(run_dir), "--repo", "me/lite-delta-demo", "--dry-run"])
+    listed = capsys.readouterr().out
+    expected = ["base_model: HuggingFaceTB/SmolLM2-135M-Instruct", "model repo me/lite-delta-demo (adapter):",
+                "model repo me/lite-delta-demo-GGUF (gguf):", "dataset repo me/lite-delta-demo-pairs (pairs):",
+                "export/merged-Q4_K_M.gguf -> lite-delta-demo-Q4_K_M.gguf",
+                "export/adapter.gguf -> lite-delta-demo-lora-adapter.gguf", "not pushed: export/merged-f16.gguf",
+                "pairs/dataset -> data/train-00000-of-00001.parquet", "pairs/stats.json -> stats.json"]
+    expected += [f"{p.relative_to(run_dir)} -> generation/{p.parent.name}/generation.json"
+                 for p in (run_dir / "generate").glob("*/generation.json")]
+    for path in (run_dir / "train" / "adapter").iterdir():
+        expected.append(f"not pushed: train/adapter/{path.name}" if path.name in ("training_args.bin", "README.md")
+                        else f"train/adapter/{path.name} -> {path.name}")
+    for line in expected:
+        assert line in listed, line
+    assert listed.count("-> README.md") == 3 and "train/merged" not in listed

@@ -293,9 +293,9 @@ def test_bad_row_in_json_names_row_number(tmp_path):
 
 
 def test_unsupported_extension(tmp_path):
-    path = tmp_path / "prompts.csv"
+    path = tmp_path / "prompts.tsv"
     path.write_text("prompt\nhello\n")
-    with pytest.raises(LiteDeltaError, match="unsupported extension .csv: use one of .jsonl, .json, .parquet"):
+    with pytest.raises(LiteDeltaError, match="unsupported extension .tsv: use one of .jsonl, .json, .parquet, .csv"):
         load_prompts(str(path))
 
 
@@ -308,3 +308,74 @@ def test_hub_dataset_offline_and_not_cached(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(LiteDeltaError, match="Hub dataset lite-delta-test/absent is not in the local cache"):
         load_prompts("lite-delta-test/absent")
+
+
+# --- Hub layout, config, Alpaca input, CSV, system column ----------------------------------------
+
+
+def test_hub_layout_folder_with_config_name(tmp_path):
+    from tests.hub_datasets import write_hub_dataset
+
+    folder = write_hub_dataset(tmp_path / "gsm8k", {"main": {"train": [{"question": "2+2?"}]},
+                                                    "socratic": {"train": [{"question": "Why 2+2?"}]}})
+    prompts, _ = load_prompts(str(folder), config="socratic")
+    assert prompts[0].messages == (user("Why 2+2?"),)
+    assert load_prompts(str(folder), config="main")[0][0].messages == (user("2+2?"),)
+    with pytest.raises(LiteDeltaError, match="has no config 'nope'"):
+        load_prompts(str(folder), config="nope")
+    with pytest.raises(LiteDeltaError, match="gsm8k.*Config name is missing|gsm8k.*config"):
+        load_prompts(str(folder))  # two configs and none named: datasets asks which
+
+
+def test_prompts_config_is_recorded_and_left_out_while_unset():
+    from lite_delta.config import PromptsConfig
+
+    assert "config" not in PromptsConfig(source="openai/gsm8k").model_dump()  # stage keys of older runs unchanged
+    assert PromptsConfig(source="openai/gsm8k", config="main").model_dump()["config"] == "main"
+
+
+def test_alpaca_instruction_and_input_joined_by_a_blank_line(tmp_path):
+    rows = [{"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},
+            {"instruction": "Name a colour.", "input": "", "output": "Red"},
+            {"instruction": "Name a fruit.", "output": "Apple"}]
+    prompts, _ = load_prompts(write_jsonl(tmp_path / "alpaca.jsonl", rows), sample="first")
+    assert [p.messages for p in prompts] == [(user("Translate to French.\n\nGood morning"),),
+                                             (user("Name a colour."),), (user("Name a fruit."),)]
+    # `input` belongs to `instruction` only: another prompt column ignores it
+    other = write_jsonl(tmp_path / "q.jsonl", [{"question": "Q?", "input": "extra"}])
+    assert load_prompts(other)[0][0].messages == (user("Q?"),)
+
+
+def test_csv_prompts(tmp_path):
+    path = tmp_path / "prompts.csv"
+    path.write_text('prompt,note\n"Hello, world",x\n42,y\n"two\nlines",z\n,empty\n', encoding="utf-8")
+    prompts, stats = load_prompts(str(path), sample="first")
+    assert [p.messages for p in prompts] == [(user("Hello, world"),), (user("42"),), (user("two\nlines"),)]
+    assert stats == {"rows": 4, "empty": 1, "duplicates": 0, "selected": 3}
+
+
+def test_csv_with_more_cells_than_columns_names_the_line(tmp_path):
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt\nok\na,b\n", encoding="utf-8")
+    with pytest.raises(LiteDeltaError, match=f"{path} line 3 has more cells than the header"):
+        load_prompts(str(path))
+
+
+def test_system_column_is_a_per_prompt_system_message_ahead_of_generation_system(tmp_path):
+    from lite_delta.inference.template import with_system
+
+    rows = [{"prompt": "Hi", "system": "Be terse."}, {"prompt": "Hi", "system": ""}, {"prompt": "Hi", "system": "Rhyme."}]
+    prompts, stats = load_prompts(write_jsonl(tmp_path / "s.jsonl", rows), sample="first")
+    assert [p.messages for p in prompts] == [({"role": "system", "content": "Be terse."}, user("Hi")),
+                                             (user("Hi"),),
+                                             ({"role": "system", "content": "Rhyme."}, user("Hi"))]
+    assert stats["duplicates"] == 0  # the system message is part of the prompt (and of its id)
+    # what the generate stage renders: the row's own system message wins over generation.system
+    assert with_system(list(prompts[0].messages), "Generic.")[0]["content"] == "Be terse."
+    assert with_system(list(prompts[1].messages), "Generic.")[0]["content"] == "Generic."
+
+
+def test_system_column_that_contradicts_the_conversation_names_the_row(tmp_path):
+    rows = [{"messages": [{"role": "system", "content": "A"}, user("Hi")], "system": "B"}]
+    with pytest.raises(LiteDeltaError, match="line 1: field 'system' differs from the conversation's own system"):
+        load_prompts(write_jsonl(tmp_path / "s.jsonl", rows))

@@ -165,7 +165,7 @@ def utility_eval(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     p = cfg.prompts
-    prompts, prompt_stats = load_prompts(p.source, column=p.column, split=p.split, n=p.n, sample=p.sample, seed=p.seed)
+    prompts, prompt_stats = load_prompts(p.source, column=p.column, split=p.split, config=p.config, n=p.n, sample=p.sample, seed=p.seed)
     engine = open_engine(cfg, student, adapter, Path(cache_dir or out / "model"), chat_template_kwargs)
     settings = {
         **cfg.model_dump(mode="json"),

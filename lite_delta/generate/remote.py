@@ -51,6 +51,7 @@ def generate_from_endpoints(cfg: GenerateConfig, *, progress: bool = True) -> Pa
     g, e = cfg.generation, cfg.endpoint
     out = writable_dir(cfg.out, "--out")
     prompts, prompt_stats = load_prompts(cfg.prompts.source, column=cfg.prompts.column, split=cfg.prompts.split,
+                                         config=cfg.prompts.config,
                                          n=cfg.prompts.n, sample=cfg.prompts.sample, seed=cfg.prompts.seed)
     pool = EndpointPool(e.endpoints, model=e.model, max_in_flight=e.max_in_flight, timeout=e.timeout,
                         retries=e.retries, backoff=e.backoff, api_key_env=e.api_key_env)

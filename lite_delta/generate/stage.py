@@ -61,6 +61,7 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
         cfg.prompts.source,
         column=cfg.prompts.column,
         split=cfg.prompts.split,
+        config=cfg.prompts.config,
         n=cfg.prompts.n,
         sample=cfg.prompts.sample,
         seed=cfg.prompts.seed,

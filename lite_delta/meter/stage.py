@@ -101,7 +101,7 @@ def build_items(cfg: MeterConfig, tasks: list[str]) -> tuple[dict[str, list], di
             if cfg.prompts is None:
                 raise LiteDeltaError("meter task scorer needs prompts: give --prompts SRC (or --recipe RECIPE)")
             p = cfg.prompts
-            prompts, _ = load_prompts(p.source, column=p.column, split=p.split, n=p.n, sample=p.sample, seed=p.seed)
+            prompts, _ = load_prompts(p.source, column=p.column, split=p.split, config=p.config, n=p.n, sample=p.sample, seed=p.seed)
             pool = meter_items.scorer_items(prompts, checked_scorer(get_scorer(cfg.scorer), cfg.scorer))
             source = f"{p.source} (scorer {cfg.scorer})"
         kept, dropped = meter_items.drop_evaluation_items(pool, texts)

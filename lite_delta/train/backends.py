@@ -93,7 +93,7 @@ def load_unsloth(student: str, cfg: TrainConfig, precision: str, *, quantization
         use_exact_model_name=True, **placement
     )
     model = FastLanguageModel.get_peft_model(
-        model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0, bias="none",
+        model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
         target_modules=targets(cfg), use_gradient_checkpointing="unsloth", random_state=cfg.seed,
     )
     return model, getattr(tokenizer, "tokenizer", tokenizer), None
@@ -124,7 +124,7 @@ def load_peft(student: str, cfg: TrainConfig, precision: str, cuda: bool, *, qua
         placement = {} if sharded else {"device_map": {"": device_index if cuda else "cpu"}}
         model = AutoModelForCausalLM.from_pretrained(student, quantization_config=quant, dtype=dtype, **placement)
     lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, bias="none",
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
         target_modules=cfg.lora_targets, task_type="CAUSAL_LM",
     )
     return model, lora

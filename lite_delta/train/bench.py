@@ -119,19 +119,25 @@ def bench_train(
     quantization: str = "auto",
     out: Path | None = None,
     timeout_s: float | None = None,
+    report_to: list[str] | None = None,
+    run_name: str | None = None,
 ) -> dict:
     """Measure every (max_length, batch) setting on one backend, or on both (`backend="both"`).
-    `precision` and `quantization` as the recipe's train fields (fp16 on a bf16 card: the T4 path, forced)."""
+    `precision` and `quantization` as the recipe's train fields (fp16 on a bf16 card: the T4 path, forced).
+    `report_to`: trackers as the train stage's (TensorBoard: <out's folder>/tensorboard/<run name>-<setting>)."""
+    from lite_delta.train.trainer_args import checked_report_to
+
+    checked_report_to(report_to or ["none"], field="--report-to")  # before any model loads
     common = dict(max_lengths=max_lengths, batches=batches, steps=steps, warmup=warmup, lora_r=lora_r,
                   precompute_ref_log_probs=precompute_ref_log_probs, precision=precision, quantization=quantization,
-                  out=out)
+                  out=out, report_to=report_to or ["none"], run_name=run_name or "bench-train")
     if backend == "both":
         return _bench_both(student, timeout_s=timeout_s, **common)
     return _bench_backend(student, requested=backend, **common)
 
 
 def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, lora_r, precompute_ref_log_probs,
-                   precision, quantization, out) -> dict:
+                   precision, quantization, out, report_to, run_name) -> dict:
     import torch
 
     from lite_delta.environment import environment
@@ -171,6 +177,7 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
     from lite_delta.config import TrainConfig
     from lite_delta.precision import mixed_precision
     from lite_delta.train.backends import fp32_trainable_weights, load_student, trainable_dtypes
+    from lite_delta.train.trainer_args import TENSORBOARD_DIR, checked_report_to, use_tensorboard_dir
 
     cfg = TrainConfig(student=student_path, pairs=work / "pairs.jsonl", out=work, backend=backend,
                       max_length=max(max_lengths), lora_r=lora_r, lora_alpha=2 * lora_r)
@@ -196,8 +203,9 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
                 max_steps=warmup + steps, beta=5.0, loss_type="sigmoid_norm", max_length=max_length,
                 precompute_ref_log_probs=precompute_ref_log_probs,
                 gradient_checkpointing=cuda and backend == "peft",  # Unsloth sets its own (as the train stage)
-                logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=not cuda,
-                adam_beta2=0.95, seed=0, **autocast,
+                logging_steps=1, save_strategy="no", disable_tqdm=True, use_cpu=not cuda,
+                adam_beta2=0.95, seed=0, **autocast, report_to=checked_report_to(report_to, field="--report-to"),
+                run_name=f"{run_name}-{backend}-L{max_length}-b{batch}",
             )
             timer = _StepTimer()
             if cuda:
@@ -207,6 +215,8 @@ def _bench_backend(student, *, max_lengths, batches, requested, steps, warmup, l
             trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                  processing_class=tokenizer, peft_config=lora, callbacks=[timer.callback])
             trainer.remove_callback(PrinterCallback)
+            use_tensorboard_dir(trainer, (Path(out).parent if out is not None else work) / TENSORBOARD_DIR
+                                / args.run_name, None, True)
             fp32_trainable_weights(trainer)  # as the train stage: fp32 master weights for a 4-bit base
             run["trainable_dtype"] = trainable_dtypes(trainer.model)
             lengths = {len(r["prompt_ids"]) + len(r[k]) for r in trainer.train_dataset for k in ("chosen_ids",
@@ -265,7 +275,7 @@ def _write(out: Path, result: dict) -> None:
 
 
 def _bench_both(student, *, max_lengths, batches, steps, warmup, lora_r, precompute_ref_log_probs, precision,
-                quantization, out, timeout_s) -> dict:
+                quantization, out, timeout_s, report_to, run_name) -> dict:
     """Each backend in its own process; one file per backend beside `out`, merged into `out`."""
     folder = Path(out).parent if out is not None else Path(tempfile.mkdtemp(prefix="lite-delta-bench-train-"))
     stem = Path(out).stem if out is not None else "bench-train"
@@ -279,6 +289,7 @@ def _bench_both(student, *, max_lengths, batches, steps, warmup, lora_r, precomp
                    "--precision", precision, "--quantization", quantization, "--out", str(part)]
         command += [x for n in max_lengths for x in ("--max-length", str(n))]
         command += [x for b in batches for x in ("--batch", str(b))]
+        command += [x for r in report_to for x in ("--report-to", r)] + ["--run-name", run_name]
         if precompute_ref_log_probs:
             command.append("--precompute-ref")
         try:

@@ -9,12 +9,16 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from lite_delta.train.health import check
+from lite_delta.files import write_text
+from lite_delta.train.health import check, check_held_out
 
 log = logging.getLogger(__name__)
 
 KEEP = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "learning_rate",
         "grad_norm")  # grad_norm: the step's gradient before clipping (spikes; equal whatever the process count)
+# TRL's evaluation on the held-out pairs (train.eval_fraction), merged into the line of the step it ran after
+KEEP_EVAL = ("eval_loss", "eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins",
+             "eval_rewards/accuracies")
 
 
 class StepLog(TrainerCallback):
@@ -45,6 +49,8 @@ class StepLog(TrainerCallback):
         self.total_steps = state.max_steps
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "eval_loss" in logs:
+            self._held_out(state.global_step, logs)
         if not logs or "loss" not in logs:
             return
         import torch
@@ -74,6 +80,25 @@ class StepLog(TrainerCallback):
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def _held_out(self, step: int, logs: dict) -> None:
+        """The evaluation runs right after its step is logged: its figures join that step's line (rewritten
+        whole, so each step stays one line), and the held-out health rules read them."""
+        values = {k: float(logs[k]) for k in KEEP_EVAL if k in logs}
+        if self.records and self.records[-1]["step"] == step:
+            record = self.records[-1]
+        else:  # eval_on_start (step 0), or an evaluation with no step logged before it
+            record = {"step": step}
+            self.records.append(record)
+        record.update(values)
+        new = check_held_out(self.records, beta=self.beta, already={w.kind for w in self.warnings})
+        for warning in new:
+            if self.main:
+                log.warning("training health: %s", warning.message)
+            record.setdefault("warnings", []).append(warning.kind)
+        self.warnings.extend(new)
+        if self.main:
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
 
 class ProgressBar(TrainerCallback):
     """step / total, loss, margin, tokens/s, ETA, and the latest health warning, on one line."""
@@ -100,9 +125,14 @@ class ProgressBar(TrainerCallback):
         if not self.step_log.records or self.step_log.records[-1]["step"] != state.global_step:
             return
         r = self.step_log.records[-1]
+        if "loss" not in r:  # an evaluation before any step (eval_on_start)
+            return
         text = f"loss {r['loss']:.4f}"
         if "rewards/margins" in r:
             text += f"  margin {r['rewards/margins']:+.3f}"
+        held = next((e for e in reversed(self.step_log.records) if "eval_rewards/margins" in e), None)
+        if held is not None:
+            text += f"  held-out {held['eval_rewards/margins']:+.3f}"
         if "tokens_per_s" in r:
             text += f"  {r['tokens_per_s']:.0f} tok/s"
         if self.step_log.warnings:

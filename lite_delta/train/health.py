@@ -127,6 +127,55 @@ def _overtraining(records: list[dict], *, loss_type, beta: float | None, total_s
                                   f"tokens more than to write the chosen ones. {OVERTRAINED_ADVICE}")
 
 
+# Held-out pairs (train.eval_fraction): the training pairs and the held-out ones parting is memorising.
+HELD_OUT_RISE = 0.1  # the held-out loss this share above its best (and at least HELD_OUT_RISE_ABS) ...
+HELD_OUT_RISE_ABS = 0.02
+GAP_TRAIN_ACCURACY = 0.9  # training pairs told apart this well ...
+GAP_HELD_OUT_ACCURACY = 0.6  # ... while held-out pairs are barely above chance (0.5)
+
+
+def check_held_out(records: list[dict], *, beta: float | None = None,
+                   already: set[str] = frozenset()) -> list[HealthWarning]:
+    """New warnings from the evaluations on held-out pairs, compared with the training steps around them."""
+    evals = [r for r in records if "eval_loss" in r]
+    trained = [r for r in records if "loss" in r]
+    if not evals or not trained:
+        return []
+    last = evals[-1]
+    step = last["step"]
+    found: list[HealthWarning] = []
+
+    def add(kind: str, message: str) -> None:
+        if kind not in already and all(w.kind != kind for w in found):
+            found.append(HealthWarning(kind, step, message))
+
+    def train_mean(at: int, key: str) -> float | None:
+        return _mean([r for r in trained if r["step"] <= at][-WINDOW:] or [{}], key)
+
+    best = min(evals, key=lambda r: r["eval_loss"])
+    rise = max(HELD_OUT_RISE_ABS, HELD_OUT_RISE * abs(best["eval_loss"]))
+    loss_then, loss_now = train_mean(best["step"], "loss"), train_mean(step, "loss")
+    if best is not last and last["eval_loss"] > best["eval_loss"] + rise and loss_then is not None \
+            and loss_now is not None and loss_now < loss_then:
+        add("held_out_parted", f"step {step}: the held-out pairs' loss rose from {best['eval_loss']:.3f} (step "
+                               f"{best['step']}) to {last['eval_loss']:.3f} while the training loss kept falling "
+                               f"({loss_then:.3f} -> {loss_now:.3f}): the student is memorising the training pairs, "
+                               f"not learning the difference between them. `select: best_eval` keeps step "
+                               f"{best['step']}'s adapter; or stop near it (max_steps), lower the learning rate, "
+                               "or add more pairs")
+    accuracy, held_accuracy = train_mean(step, "rewards/accuracies"), last.get("eval_rewards/accuracies")
+    if accuracy is not None and held_accuracy is not None and accuracy >= GAP_TRAIN_ACCURACY \
+            and held_accuracy <= GAP_HELD_OUT_ACCURACY:
+        margin, held_margin = train_mean(step, "rewards/margins"), last.get("eval_rewards/margins")
+        nats = (f" (margins {margin / beta:+.1f} vs {held_margin / beta:+.1f} nats per pair)"
+                if beta and margin is not None and held_margin is not None else "")
+        add("held_out_gap", f"step {step}: the training pairs are told apart {accuracy:.0%} of the time, the "
+                            f"held-out pairs only {held_accuracy:.0%} (chance is 50%){nats}: what is learned does "
+                            "not carry to prompts the student has not seen. More pairs (prompts.n), fewer steps or a "
+                            "lower learning rate; check the held-out answers, not only the score")
+    return found
+
+
 def diverged_weights(model) -> list[str]:
     """The trainable weights that hold NaN or inf: training diverged, and such an adapter must not be saved
     (llama.cpp and Ollama would load it and write garbage)."""

@@ -1,4 +1,9 @@
-"""Preference pairs for DPO, read from the pair stage or a common file layout and normalized to TRL's format.
+"""Preference pairs for DPO, read from the pair stage, a file or a Hub dataset, and normalized to TRL's format.
+
+Where they come from (``pairs_location``): an existing file, or a pair-stage folder (its pairs.jsonl), is read
+as it is; anything else is a dataset that ``datasets.load_dataset`` reads, written ``ORG/NAME[:CONFIG][@SPLIT]``
+(split ``train`` unless named): a Hub id, or a local folder laid out like a Hub dataset repo. A local path that
+exists wins over a Hub id of the same name.
 
 Every row comes back as ``{"prompt": [...], "chosen": [...], "rejected": [...]}`` of ``{role, content}``
 messages. Per row, three layouts are accepted:
@@ -10,6 +15,11 @@ messages. Per row, three layouts are accepted:
 
 from __future__ import annotations
 
+import csv
+import functools
+import hashlib
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from lite_delta.errors import LiteDeltaError
@@ -17,37 +27,93 @@ from lite_delta.files import parse_json
 from lite_delta.inference.template import control_text_in
 
 PAIRS_FILE = "pairs.jsonl"
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+EXPECTED_COLUMNS = ("`chosen` and `rejected` (with `prompt`, or full conversations that share their prompt; "
+                    "`system` optional): TRL's conversational or standard preference format")
 ROLES = ("system", "user", "assistant", "tool")
 _MESSAGES = "a list of {role, content} messages"
 # pairs dropped before training, counted in train.json; control_text: a message holds a special token's text
 DEGENERATE = ("identical", "empty_chosen", "empty_rejected", "control_text")
 
 
-def pairs_source(path: str | Path) -> Path:
-    """The file that ``path`` names: a pair-stage dir's pairs.jsonl, or the file itself."""
-    path = Path(path)
-    return path / PAIRS_FILE if path.is_dir() else path
+@dataclass(frozen=True)
+class HubPairs:
+    """A preference dataset that ``datasets.load_dataset(dataset, config, split=split)`` reads."""
+
+    dataset: str  # a Hub id ORG/NAME, or a local folder in a Hub dataset repo's layout
+    config: str | None = None
+    split: str = "train"
+
+    def __str__(self) -> str:
+        return f"{self.dataset} ({f'config {self.config}, ' if self.config else ''}split {self.split})"
 
 
-def load_pairs(path: str | Path) -> list[dict]:
-    """Rows of a pair-stage dir (its pairs.jsonl) or a .jsonl / .json / .parquet file, checked and normalized."""
-    source = pairs_source(path)
-    if not source.is_file():
-        raise LiteDeltaError(
-            f"{source} does not exist: run `lite-delta pair` first, or pass a pairs.jsonl / .json / .parquet file"
-        )
-    suffix = source.suffix.lower()
-    if suffix == ".jsonl":
-        numbered = _read_jsonl(source)
-    elif suffix == ".json":
-        numbered = _read_json(source)
-    elif suffix == ".parquet":
-        numbered = _read_parquet(source)
+def parse_hub_pairs(ref: str) -> HubPairs:
+    """``ORG/NAME[:CONFIG][@SPLIT]`` (or ``FOLDER[:CONFIG][@SPLIT]``): ':' and '@' are read after the last '/',
+    '@' first, so a sliced split (``train[:1000]``) keeps its ':'."""
+    head, slash, tail = str(ref).rpartition("/")
+    tail, at, split = tail.partition("@")
+    name, colon, config = tail.partition(":")
+    if not name or (colon and not config) or (at and not split):
+        raise LiteDeltaError(f"pairs {ref!r}: write a Hub dataset as ORG/NAME, ORG/NAME:CONFIG, ORG/NAME@SPLIT or "
+                             "ORG/NAME:CONFIG@SPLIT (split train unless named)")
+    return HubPairs(head + slash + name, config or None, split or "train")
+
+
+def pairs_location(ref: str | Path) -> Path | HubPairs:
+    """What ``ref`` names: a local pairs file (the file itself, or a pair-stage folder's pairs.jsonl), or a
+    dataset for ``datasets`` (a Hub id, or a folder with no pairs.jsonl, read as a Hub dataset repo). A local
+    file or pair-stage folder that exists wins over a Hub id of the same name; a missing local-looking path
+    stays a local file (and is reported missing)."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    if path.is_dir() and (path / PAIRS_FILE).is_file():
+        return path / PAIRS_FILE
+    text = str(ref)
+    if path.is_dir() or (HUB_ID.match(text.partition("@")[0].partition(":")[0])
+                         and Path(text).suffix.lower() not in FILE_SUFFIXES):
+        return parse_hub_pairs(text)
+    if ":" in text or "@" in text:  # a local folder with a config or split named
+        hub = parse_hub_pairs(text)
+        if Path(hub.dataset).is_dir():
+            return hub
+    return path
+
+
+def pairs_source(ref: str | Path) -> Path | str:
+    """What ``ref`` names, for messages: the pairs file, or the dataset with its config and split."""
+    where = pairs_location(ref)
+    return where if isinstance(where, Path) else str(where)
+
+
+def load_pairs(ref: str | Path) -> list[dict]:
+    """Rows of a pair-stage dir (its pairs.jsonl), a .jsonl / .json / .parquet / .csv file, or a Hub dataset
+    ``ORG/NAME[:CONFIG][@SPLIT]``, checked and normalized."""
+    source = pairs_location(ref)
+    if isinstance(source, HubPairs):
+        label, numbered = str(source), _read_dataset(_hub_table(source), str(source))
     else:
-        raise LiteDeltaError(f"{source} is not a pair-stage dir or a .jsonl, .json or .parquet file; pass one of those")
+        label, numbered = source, _read_file(source)
     if not numbered:
-        raise LiteDeltaError(f"{source} holds no pairs: rerun `lite-delta pair` or pass a file with rows in it")
-    return [_normalize(row, f"{source} row {number}") for number, row in numbered]
+        raise LiteDeltaError(f"{label} holds no pairs: rerun `lite-delta pair` or pass a file with rows in it")
+    return [_normalize(row, f"{label} row {number}") for number, row in numbered]
+
+
+def pairs_provenance(ref: str | Path) -> dict:
+    """What identifies the pairs read, for train.json and the manifest: a local file's path and sha256, or a Hub
+    dataset's id, config, split, datasets' fingerprint and the commit it was read at."""
+    source = pairs_location(ref)
+    if isinstance(source, HubPairs):
+        from lite_delta.hub_data import provenance
+
+        return provenance(source.dataset, source.config, source.split, _hub_table(source))
+    digest = hashlib.sha256()
+    with open(source, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(source), "sha256": digest.hexdigest()}
 
 
 def degenerate(row: dict) -> str | None:
@@ -107,8 +173,9 @@ def describe_degenerate(counts: dict) -> str:
     return ", ".join(f"{kind.replace('_', ' ')} {counts.get(kind, 0)}" for kind in DEGENERATE)
 
 
-def pairs_stats(rows: list[dict]) -> dict:
-    """Counts worth printing before training: DPO on weak pairs easily learns 'longer is better'."""
+def pairs_stats(rows: list[dict], source: str | Path | None = None) -> dict:
+    """Counts worth printing before training: DPO on weak pairs easily learns 'longer is better'; with
+    ``source`` (the pairs reference), also where they came from (``pairs_provenance``)."""
 
     def chars(messages: list[dict]) -> int:
         return sum(len(m["content"]) for m in messages)
@@ -120,10 +187,42 @@ def pairs_stats(rows: list[dict]) -> dict:
         "chosen_chars_mean": sum(chosen) / len(rows) if rows else None,
         "rejected_chars_mean": sum(rejected) / len(rows) if rows else None,
         "chosen_longer": sum(c > r for c, r in zip(chosen, rejected)),
+        **({"source": pairs_provenance(source)} if source is not None else {}),
     }
 
 
 # --- reading ---------------------------------------------------------------------------------------
+
+
+def _read_file(source: Path) -> list[tuple[int, object]]:
+    if not source.is_file():
+        raise LiteDeltaError(f"{source} does not exist: run `lite-delta pair` first, pass a pairs.jsonl / .json / "
+                             ".parquet / .csv file, or a Hub dataset ORG/NAME[:CONFIG][@SPLIT]")
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
+    reader = readers.get(source.suffix.lower())
+    if reader is None:
+        raise LiteDeltaError(f"{source} is not a pair-stage dir or a .jsonl, .json, .parquet or .csv file; "
+                             "pass one of those")
+    return reader(source)
+
+
+@functools.lru_cache(maxsize=2)
+def _hub_table(source: HubPairs):
+    """The dataset, loaded once per process: the provenance train.json records is that of the rows trained on."""
+    from lite_delta.hub_data import load_split
+
+    if Path(source.dataset).is_dir() and not any(Path(source.dataset).iterdir()):
+        raise LiteDeltaError(f"{Path(source.dataset) / PAIRS_FILE} does not exist: run `lite-delta pair` first, or "
+                             "pass a pairs file or a dataset folder in the Hub layout")
+    return load_split(source.dataset, source.config, source.split, "pairs dataset")
+
+
+def _read_dataset(table, label: str) -> list[tuple[int, object]]:
+    """A datasets table's rows, once its columns are those of a preference dataset."""
+    if "chosen" not in table.column_names or "rejected" not in table.column_names:
+        raise LiteDeltaError(f"{label} has columns {', '.join(table.column_names) or 'none'}; "
+                             f"a preference dataset needs {EXPECTED_COLUMNS}")
+    return list(enumerate(table.to_list(), 1))
 
 
 def _read_jsonl(source: Path) -> list[tuple[int, object]]:
@@ -150,7 +249,25 @@ def _read_parquet(source: Path) -> list[tuple[int, object]]:
         dataset = datasets.load_dataset("parquet", data_files=str(source), split="train")
     except Exception as exc:  # pyarrow and datasets raise many types for a bad file
         raise LiteDeltaError(f"{source} could not be read as parquet ({exc}); check it or export it as .jsonl") from exc
-    return list(enumerate(dataset.to_list(), 1))
+    return _read_dataset(dataset, str(source)) if dataset.num_rows else []
+
+
+def _read_csv(source: Path) -> list[tuple[int, object]]:
+    """Plain-string pairs (`prompt`, `chosen`, `rejected`, optional `system`) under a header row; cells stay
+    text, an empty `system` adds nothing."""
+    try:
+        with open(source, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [row for row in reader if any(row.values())]
+            columns = reader.fieldnames or []
+    except UnicodeDecodeError:
+        raise LiteDeltaError(f"{source} is not UTF-8 text: save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise LiteDeltaError(f"{source} is not valid CSV: {exc}") from None
+    if rows and ("chosen" not in columns or "rejected" not in columns):
+        raise LiteDeltaError(f"{source} has columns {', '.join(columns) or 'none'}; "
+                             f"a preference dataset needs {EXPECTED_COLUMNS}")
+    return list(enumerate(rows, 1))
 
 
 # --- normalizing -----------------------------------------------------------------------------------
@@ -230,9 +347,9 @@ def _split(chosen: list[dict], rejected: list[dict], prompt_text: str | None, wh
             start -= 1
         return start
 
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-        shared += 1
+    from trl.data_utils import extract_prompt  # TRL's implicit-prompt rule: the longest shared leading messages
+
+    shared = len(extract_prompt({"chosen": chosen, "rejected": rejected})["prompt"])
     cut = min(shared, answer_start(chosen), answer_start(rejected))
     if cut == 0:
         raise LiteDeltaError(

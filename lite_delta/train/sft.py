@@ -11,6 +11,7 @@ difference being measured. Loss on the answer tokens only (TRL's prompt-completi
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -31,7 +32,10 @@ from lite_delta.train.backends import (
 )
 from lite_delta.train.pairs_io import drop_control_text, drop_degenerate, load_pairs, pairs_source, special_texts
 from lite_delta.train.sequences import check_sequences, end_token_ids, fit_prompts, template_for, with_template_kwargs
-from lite_delta.train.stage import run_summary
+from lite_delta.train.split import split_by_prompt
+from lite_delta.train.stage import held_out_summary, run_summary
+from lite_delta.train.trainer_args import (TENSORBOARD_DIR, checked_trainer_args, config_error,
+                                           sft_trainer_args, tracking_and_eval_args, use_tensorboard_dir)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
 
     from datasets import Dataset
     from transformers import AutoTokenizer, PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from lite_delta.train.callbacks import ProgressBar, StepLog
 
@@ -84,39 +88,24 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
     if not rows:
         raise LiteDeltaError(f"no prompt in {cfg.pairs} fits in {budget} tokens: raise max_prompt_length")
 
+    held_out = []
+    if cfg.eval_fraction:  # the DPO run's split: the same rows, fraction and seed
+        rows, held_out = split_by_prompt(rows, cfg.eval_fraction, cfg.seed, out)
+
     autocast = mixed_precision(precision)  # the device's precision (Unsloth's CPU mode reports its own dtype below)
+    args = sft_args(cfg, out, cuda=cuda, backend=backend, autocast=autocast)  # checked before the model loads
     model, tokenizer, lora, precision = load_student(backend, student, cfg, precision, cuda, tokenizer, template,
                                                      quantization=quantization)
-    args = SFTConfig(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        max_length=cfg.max_length,
-        completion_only_loss=True,
-        packing=False,
-        gradient_checkpointing=cuda and backend == "peft",
-        logging_steps=1,
-        save_strategy="no",  # a contrast run of a few minutes; rerunning the stage retrains it
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=not cuda,
-        adam_beta2=0.95,
-        **autocast,
-    )
     step_log = StepLog(out / STEP_LOG, loss_type="sft")
     bar = ProgressBar(step_log, console, label="sft") if progress else None
     callbacks = [step_log] + ([bar] if bar else [])
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(rows)),
+                         eval_dataset=Dataset.from_list(sft_rows(held_out)) if held_out else None,
                          processing_class=tokenizer, peft_config=lora, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
     fp32_trainable_weights(trainer)  # undo TRL's bf16 cast of a QLoRA adapter (fp16 cards fail)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # best_eval's checkpoints of an earlier attempt
+    use_tensorboard_dir(trainer, out / TENSORBOARD_DIR, None, True)
     started = time.perf_counter()
     try:
         trainer.train()
@@ -140,9 +129,47 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
         "chosen_tokens_per_pass": _answer_tokens(tokenizer, rows),
         "seconds": round(time.perf_counter() - started, 1),
         "last_log": records[-1] if records else None,
+        **held_out_summary(cfg, held_out, records, trainer.state),
+        "report_to": args.report_to,
+        "run_name": args.run_name,
     }
     write_json(out / SUMMARY, summary)
     return out
+
+
+def sft_args(cfg: TrainConfig, out: Path, *, cuda: bool, backend: str, autocast: dict):
+    """TRL's SFTConfig with the DPO run's knobs, trackers and held-out evaluation, and the trainer_args SFTConfig
+    also has (checked as DPO's are)."""
+    from trl import SFTConfig
+
+    extra = checked_trainer_args(sft_trainer_args(cfg.trainer_args), SFTConfig)
+    settings = dict(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        packing=False,
+        gradient_checkpointing=cuda and backend == "peft",
+        logging_steps=1,
+        save_strategy="no",  # a contrast run of a few minutes; rerunning the stage retrains it (but best_eval)
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        disable_tqdm=True,
+        use_cpu=not cuda,
+        adam_beta2=0.95,
+        **autocast,
+    )
+    settings.update(tracking_and_eval_args(cfg, run_name=f"{cfg.run_name}-sft" if cfg.run_name else None))
+    try:
+        return SFTConfig(**{**settings, **extra})
+    except (ValueError, TypeError) as exc:
+        raise config_error(exc, SFTConfig, extra) from None
 
 
 def _answer_tokens(tokenizer, rows: list[dict]) -> int:

@@ -43,6 +43,9 @@ from lite_delta.train.sequences import (
     with_template_kwargs,
 )
 from lite_delta.models.student import prepare_student
+from lite_delta.train.split import prompt_key, split_by_prompt
+from lite_delta.train.trainer_args import (TENSORBOARD_DIR, checked_trainer_args, config_error,
+                                           tracking_and_eval_args, use_tensorboard_dir)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     rows, truncated, dropped = fit_prompts(rows, tokenizer, budget)
     if not rows:
         raise LiteDeltaError(f"no prompt in {cfg.pairs} fits in {budget} tokens: raise max_prompt_length")
+    held_out = []
+    if cfg.eval_fraction:  # by prompt, after every filter, so both sides see the pairs as they are trained
+        rows, held_out = split_by_prompt(rows, cfg.eval_fraction, cfg.seed, out, main=main)
     pair_text = rendered_pair(tokenizer, rows[0])
     if main:
         write_text(out / RENDERED_PAIR, pair_text)
@@ -136,10 +142,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     callbacks = [step_log] + ([bar] if bar else [])
     # With a PEFT model and no ref_model, TRL's reference is the student with the adapter disabled.
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=lora, callbacks=callbacks)
+                         eval_dataset=Dataset.from_list(held_out) if held_out else None, peft_config=lora,
+                         callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # the step log and the progress bar say it once, readably
     fp32_trainable_weights(trainer, sharded=sharded)  # undo TRL's bf16 cast of a QLoRA adapter (fp16 cards fail)
     resume_from = last_checkpoint(checkpoints) if resume else None
+    use_tensorboard_dir(trainer, out / TENSORBOARD_DIR, checkpoint_step(resume_from), main)
     if resume and resume_from is None and main:
         log.warning("no checkpoint in %s: starting from the beginning", checkpoints)
     started = time.perf_counter()
@@ -175,6 +183,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         "peak_gpu_gb": max((r.get("peak_gpu_gb", 0) for r in records), default=None) if cuda else None,
         "health_warnings": [vars(w) for w in step_log.warnings],
         "last_log": records[-1] if records else None,
+        **held_out_summary(cfg, held_out, records, trainer.state),
+        "report_to": args.report_to,
+        "run_name": args.run_name,
     }
     _write_run_card(adapter, summary)
     if cfg.merge:
@@ -183,11 +194,35 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     return out
 
 
+def checkpoint_step(checkpoint: str | None) -> int | None:
+    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None
+
+
+def held_out_summary(cfg: TrainConfig, held_out: list[dict], records: list[dict], state) -> dict:
+    """train.json's `held_out` (pairs, last and best evaluation) and `selected` (which step is adapter/)."""
+    if not held_out:
+        return {"selected": {"by": "last", "step": state.global_step}}
+    evals = [r for r in records if "eval_loss" in r]
+    best = min(evals, key=lambda r: r["eval_loss"]) if evals else None
+    summary = {"held_out": {"pairs": len(held_out), "prompts": len({prompt_key(r) for r in held_out}),
+                            "fraction": cfg.eval_fraction, "evaluations": len(evals),
+                            "last": evals[-1] if evals else None, "best": best}}
+    if cfg.select == "best_eval" and state.best_model_checkpoint:
+        summary["selected"] = {"by": "best_eval (lowest held-out loss)",
+                               "step": checkpoint_step(state.best_model_checkpoint),
+                               "eval_loss": state.best_metric}
+    else:
+        summary["selected"] = {"by": "last", "step": state.global_step}
+    return summary
+
+
 def dpo_args(cfg: TrainConfig, checkpoints: Path, *, cuda: bool, backend: str, precision: str):
-    """TRL's DPOConfig for this run: the recipe's knobs, the paper's AdamW betas, checkpoints every save_steps."""
+    """TRL's DPOConfig for this run: the recipe's knobs, the paper's AdamW betas, checkpoints every save_steps,
+    trackers and held-out evaluation, then `trainer_args` (checked against this TRL before a model loads)."""
     from trl import DPOConfig
 
-    return DPOConfig(
+    extra = checked_trainer_args(cfg.trainer_args, DPOConfig)
+    settings = dict(
         output_dir=str(checkpoints),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -208,13 +243,17 @@ def dpo_args(cfg: TrainConfig, checkpoints: Path, *, cuda: bool, backend: str, p
         save_total_limit=2,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to=[],
         ddp_find_unused_parameters=False,  # DDP: every LoRA weight has a gradient each step; True only slows it
         disable_tqdm=True,
         use_cpu=not cuda,
         adam_beta2=0.95,  # the paper's AdamW betas (0.9, 0.95)
         **mixed_precision(precision),
     )
+    settings.update(tracking_and_eval_args(cfg))  # best_eval: a checkpoint at every evaluation
+    try:
+        return DPOConfig(**{**settings, **extra})
+    except (ValueError, TypeError) as exc:
+        raise config_error(exc, DPOConfig, extra) from None
 
 
 def run_summary(cfg: TrainConfig, *, student: str, backend: str, device: str, precision: str, template: str,
@@ -232,7 +271,7 @@ def run_summary(cfg: TrainConfig, *, student: str, backend: str, device: str, pr
         "chat_template": {"source": template_source, "sha256": template_sha(template),
                           **({"kwargs": cfg.chat_template_kwargs} if cfg.chat_template_kwargs else {})},
         "config": cfg.model_dump(mode="json"),
-        "pairs": {**pairs_stats(rows), "truncated_prompts": truncated, "dropped_prompts": dropped,
+        "pairs": {**pairs_stats(rows, cfg.pairs), "truncated_prompts": truncated, "dropped_prompts": dropped,
                   "prompt_budget_tokens": budget, "degenerate_dropped": degenerate},
     }
 

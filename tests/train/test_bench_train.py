@@ -37,8 +37,13 @@ def test_settings_run_smallest_first():
 def test_bench_train_peft_writes_figures_and_the_planner_estimate(tmp_path, student, capsys):
     out = tmp_path / "train.json"
     main(["bench", "train", "--student", student, "--max-length", "64", "--batch", "1", "--backend", "peft",
-          "--steps", "2", "--out", str(out)])
+          "--steps", "2", "--out", str(out), "--report-to", "tensorboard", "--run-name", "smoke"])
     printed = capsys.readouterr().out
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "smoke-peft-L64-b1"))  # TensorBoard's own reader
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
     result = json.loads(out.read_text())
     assert result["backend"] == "peft" and result["device"] == "CPU" and result["steps"] == 2
     assert result["environment"]["packages"]["torch"] and result["environment"]["cores"] >= 1

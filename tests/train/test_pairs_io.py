@@ -384,7 +384,7 @@ def test_directory_without_pairs_file(tmp_path):
 
 
 def test_unknown_file_type(tmp_path):
-    path = tmp_path / "pairs.csv"
-    path.write_text("prompt,chosen,rejected\n", encoding="utf-8")
-    with pytest.raises(LiteDeltaError, match="not a pair-stage dir or a .jsonl, .json or .parquet file"):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("prompt\tchosen\trejected\n", encoding="utf-8")
+    with pytest.raises(LiteDeltaError, match="not a pair-stage dir or a .jsonl, .json, .parquet or .csv file"):
         load_pairs(path)
