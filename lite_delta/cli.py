@@ -167,6 +167,15 @@ def train(
                                                 "accelerate launch starts: DDP (global batch x N)"),
     accelerate_config: Optional[str] = typer.Option(None, "--accelerate-config", help="ddp | zero3 | fsdp-qlora "
                                                     "(shipped) or an accelerate config YAML"),
+    report_to: Optional[list[str]] = typer.Option(None, "--report-to", help="trackers as transformers names them: "
+                                                  "tensorboard (OUT/tensorboard), wandb, trackio, ...; repeatable"),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="the tracker's run name (default: OUT's name)"),
+    eval_fraction: Optional[float] = typer.Option(None, "--eval-fraction", help="share of prompts held out of "
+                                                  "training and evaluated every --eval-steps (e.g. 0.05)"),
+    eval_steps: Optional[int] = typer.Option(None, "--eval-steps", help="evaluate the held-out pairs every N steps "
+                                             "(default: 10 times in the run)"),
+    select: Optional[str] = typer.Option(None, help="last | best_eval: the adapter kept (best_eval: the lowest "
+                                         "held-out loss; needs --eval-fraction)"),
 ) -> None:
     """DPO the student on preference pairs with LoRA (Unsloth 4-bit on a CUDA GPU, PEFT otherwise)."""
     from lite_delta.config import TrainConfig, load_train_config
@@ -174,7 +183,8 @@ def train(
 
     overrides = dict(pairs=pairs, student=student, out=out, backend=backend, quantization=quantization, loss=loss,
                      max_steps=max_steps, learning_rate=lr, beta=beta, merge=merge, num_processes=num_processes,
-                     accelerate_config=accelerate_config)
+                     accelerate_config=accelerate_config, report_to=report_to or None, run_name=run_name,
+                     eval_fraction=eval_fraction, eval_steps=eval_steps, select=select)
     if config is not None:
         cfg = load_train_config(config, **overrides)
     else:

@@ -195,3 +195,18 @@ def test_the_report_shows_held_out_margins_accuracy_and_the_kept_step(tracked, t
     assert f"margin {last['eval_rewards/margins']:.3f}, accuracy {last['eval_rewards/accuracies']:.2f}" in section
     assert f"The adapter is step {best['step']}'s (best_eval" in section
     assert (tmp_path / "figures" / "training.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--report-to", "tensorbored"], "train.report_to: 'tensorbored' is not a tracker transformers knows"),
+    (["--select", "best_eval"], "select: best_eval picks by the held-out pairs: set eval_fraction"),
+    (["--eval-fraction", "0.7"], "eval_fraction"),
+])
+def test_the_train_command_checks_tracking_options_before_any_model_loads(tmp_path, pairs, capsys, options,
+                                                                           message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--pairs", str(pairs), "--student", str(tmp_path / "no-such-model"), "--out",
+              str(tmp_path / "out"), *options])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "no-such-model" not in err
