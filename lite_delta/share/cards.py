@@ -9,7 +9,7 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
 from lite_delta.eval_rows import SPLITS
-from lite_delta.share.run import RunFacts, gguf_fields
+from lite_delta.share.run import RunFacts, gguf_fields, public
 
 TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}\n"
 PAPER = "*The Delta Learning Hypothesis: Preference Tuning on Weak Data can Yield Strong Gains* (Geng et al., 2025)"
@@ -101,7 +101,7 @@ def _teacher(ref) -> str:
         return f"the chosen teacher requantized to {ref['derive']} by llama.cpp"
     if isinstance(ref, dict):
         return f"an OpenAI-compatible server ({ref.get('name') or ref.get('model') or 'endpoint'})"
-    return f"`{ref}`"
+    return f"`{public(ref)}`"
 
 
 def _intro(part: str, facts: RunFacts, repos: dict[str, str]) -> str:
@@ -209,13 +209,13 @@ def _teachers(facts: RunFacts) -> str:
         settings = g.get("generation") or {}
         shown = ", ".join(f"{k} {settings[k]}" for k in ("temperature", "top_p", "max_tokens", "samples_per_prompt",
                                                           "seed") if k in settings)
-        lines.append(f"- **{role}**: `{g.get('model')}` ({shown}; {g.get('completed', '?')} answers, "
+        lines.append(f"- **{role}**: `{public(g.get('model'))}` ({shown}; {g.get('completed', '?')} answers, "
                      f"llama-cpp-python {g.get('llama_cpp_python', '?')})")
     if len(lines) == 2:
         t = facts.recipe.get("teachers") or {}
         lines += [f"- **{role}**: {_teacher(ref)}" for role, ref in t.items() if ref and role != "chat_template"]
     prompts = facts.recipe.get("prompts") or {}
-    lines += ["", f"Prompts: `{prompts.get('source')}` ({prompts.get('n') or 'all'} prompts, sampled "
+    lines += ["", f"Prompts: `{public(prompts.get('source'))}` ({prompts.get('n') or 'all'} prompts, sampled "
                   f"{prompts.get('sample')}). Each teacher's settings, identity and chat template: "
                   "`generation/<role>/generation.json`."]
     license_ = teachers_license(facts)

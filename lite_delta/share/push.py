@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from lite_delta.errors import LiteDeltaError
 from lite_delta.share.cards import dataset_card, model_card
-from lite_delta.share.run import RunFacts, is_hub_id, read_run
+from lite_delta.share.run import RunFacts, is_hub_id, public, read_run
 
 PARTS = ("adapter", "gguf", "merged", "pairs")
 # Repo names beside USER/NAME. A "-GGUF" repo with the quant in each file name is what Ollama and LM Studio
@@ -164,8 +164,8 @@ def _pairs_files(run_dir: Path, facts: RunFacts, repo_id: str):
     source = pairs / "dataset" if (pairs / "dataset" / "dataset_info.json").is_file() else pairs / "pairs.jsonl"
     files = [(source, PARQUET, "parquet")]
     if (pairs / "stats.json").is_file():
-        files.append((pairs / "stats.json", "stats.json"))
-    files += [(run_dir / "generate" / role / "generation.json", f"generation/{role}/generation.json")
+        files.append((pairs / "stats.json", "stats.json", "json"))
+    files += [(run_dir / "generate" / role / "generation.json", f"generation/{role}/generation.json", "json")
               for role in facts.generations]
     return files, []
 
@@ -186,7 +186,8 @@ def plan_lines(plan: PushPlan, *, cards: bool = True) -> list[str]:
         return path.relative_to(plan.run_dir).as_posix() if path.is_relative_to(plan.run_dir) else str(path)
 
     notes = {"card": "the card below", "adapter_config": f"base_model_name_or_path set to {plan.base_model}",
-             "parquet": "written as parquet"}
+             "parquet": "written as parquet, local paths cut to file names",
+             "json": "local paths cut to file names"}
     lines = []
     if plan.base_model:
         lines.append(f"base_model: {plan.base_model} ({plan.base_model_source})")
@@ -238,9 +239,15 @@ def _content(u: Upload, plan: PushPlan, tmp: Path) -> Path | bytes:
         rows = (load_from_disk(str(u.local_path)) if u.local_path.is_dir()
                 else load_dataset("json", data_files=str(u.local_path), split="train"))
         rows = rows["train"] if isinstance(rows, DatasetDict) else rows
+        local = [c for c in rows.column_names if getattr(rows.features[c], "dtype", None) == "string"]
+        if local:  # e.g. chosen_model: /home/me/models/x.gguf -> x.gguf
+            rows = rows.map(lambda row: {c: public(row[c]) for c in local})
         out = tmp / "train.parquet"
         rows.to_parquet(str(out))
         return out
+    if u.how == "json":
+        data = json.loads(u.local_path.read_text(encoding="utf-8"))
+        return (json.dumps(public(data), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     return u.local_path
 
 

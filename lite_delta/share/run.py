@@ -168,3 +168,19 @@ def local_readmes(student: str | None, hub_id: str | None) -> list[Path]:
         if isinstance(cached, str):
             found.append(Path(cached))
     return found
+
+
+WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def public(value):
+    """`value` with every absolute local path cut to its file name: where a user keeps models and runs on
+    their machine (a home folder's user name) is not for a public repo; model references (hf://, pkg://)
+    and Hub ids stay as they are."""
+    if isinstance(value, dict):
+        return {k: public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public(v) for v in value]
+    if isinstance(value, str) and "\n" not in value and (value.startswith(("/", "~")) or WINDOWS_PATH.match(value)):
+        return Path(value.replace("\\", "/")).name or value
+    return value

@@ -36,8 +36,8 @@ def test_every_file_goes_to_its_repo_and_path(run):
         ("me/demo-GGUF", "model", "export/adapter.gguf", "demo-lora-adapter.gguf", "copy"),
         ("me/demo-GGUF", "model", None, "README.md", "card"),
         ("me/demo-pairs", "dataset", "pairs/dataset", "data/train-00000-of-00001.parquet", "parquet"),
-        ("me/demo-pairs", "dataset", "pairs/stats.json", "stats.json", "copy"),
-        ("me/demo-pairs", "dataset", "generate/samples/generation.json", "generation/samples/generation.json", "copy"),
+        ("me/demo-pairs", "dataset", "pairs/stats.json", "stats.json", "json"),
+        ("me/demo-pairs", "dataset", "generate/samples/generation.json", "generation/samples/generation.json", "json"),
         ("me/demo-pairs", "dataset", None, "README.md", "card"),
     }
     left_out = {path.relative_to(run).as_posix() for path, _ in plan.left_out}

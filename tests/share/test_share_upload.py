@@ -142,3 +142,34 @@ def test_the_cli_names_an_unknown_part_in_one_line(run, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--parts 'weights'" in err
+
+
+def test_local_paths_stay_on_this_machine(run, hub, tmp_path):
+    """Where the user keeps models and runs (a home folder's user name) is cut to file names in what is pushed."""
+    from datasets import Dataset
+
+    teacher = str(tmp_path / "home" / "alice" / "models" / "teacher-q4.gguf")
+    rows = [{**r, "chosen_model": teacher, "rejected_model": teacher} for r in PAIRS]
+    (run / "pairs" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import shutil
+
+    shutil.rmtree(run / "pairs" / "dataset")
+    Dataset.from_list(rows).save_to_disk(str(run / "pairs" / "dataset"))
+    stats = json.loads((run / "pairs" / "stats.json").read_text())
+    (run / "pairs" / "stats.json").write_text(json.dumps({**stats, "inputs": {"samples": str(run / "generate")}}))
+    generation = json.loads((run / "generate" / "samples" / "generation.json").read_text())
+    (run / "generate" / "samples" / "generation.json").write_text(json.dumps({**generation, "model": teacher,
+                                                                             "model_file": teacher}))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["recipe"]["teachers"]["samples"] = teacher
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    plan, _ = push(run, "me/demo", parts=["pairs"])
+    pushed = next(kw for name, repo, kw in hub if name == "create_commit")["files"]
+    assert json.loads(pushed["generation/samples/generation.json"])["model_file"] == "teacher-q4.gguf"
+    assert json.loads(pushed["stats.json"])["inputs"] == {"samples": "generate"}
+    assert {r["chosen_model"] for r in pushed["data/train-00000-of-00001.parquet"]} == {"teacher-q4.gguf"}
+    assert [r["chosen"] for r in pushed["data/train-00000-of-00001.parquet"]] == [r["chosen"] for r in rows]
+    for path, content in pushed.items():
+        text = content.decode() if isinstance(content, bytes) else json.dumps(content)
+        assert str(tmp_path) not in text, path
+    assert "teacher-q4.gguf" in plan.cards["me/demo-pairs"] and "alice" not in plan.cards["me/demo-pairs"]
