@@ -3,6 +3,7 @@ GGUFs' metadata, the comparison files. Nothing here imports a stage; `push` and 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -125,10 +126,18 @@ def gguf_fields(path: Path | None) -> dict:
     """A GGUF's string and number metadata (general.*, adapter.*), {} when there is no such file."""
     if path is None or not path.is_file():
         return {}
+    stat = path.stat()
+    return dict(_gguf_fields(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=16)
+def _gguf_fields(path: str, size: int, mtime_ns: int) -> dict:
+    """Read once per file and version: GGUFReader parses every key, a 49k-token vocabulary included (~3 s),
+    and one push reads the student's and each teacher's metadata for several cards."""
     from gguf import GGUFReader
 
     fields = {}
-    for key, f in GGUFReader(str(path)).fields.items():
+    for key, f in GGUFReader(path).fields.items():
         if key.startswith(("general.", "adapter.")):
             try:
                 fields[key] = f.contents()

@@ -210,3 +210,13 @@ def test_the_train_command_checks_tracking_options_before_any_model_loads(tmp_pa
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and "no-such-model" not in err
+
+
+def test_lite_delta_run_checks_trainer_args_before_generating(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--runs-dir", str(runs), "--set", "train.trainer_args={weight_decay: heavy}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "train.trainer_args.weight_decay: 'heavy' is not a float" in err and "Traceback" not in err
+    assert not runs.exists(), "nothing generated, not even the runs folder"
