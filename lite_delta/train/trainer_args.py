@@ -5,6 +5,7 @@ before a model loads (a wrong name or type is one line naming it, not a tracebac
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def checked_trainer_args(args: dict, config_cls, *, field: str = "train.trainer_
         if name in OWNED:
             raise LiteDeltaError(f"{field}.{name}: lite-delta sets it; use {OWNED[name]} instead")
         if name not in fields:
-            near = [f for f in sorted(fields) if name.lower() in f or f in name.lower()][:4]
+            near = difflib.get_close_matches(name, sorted(fields), n=3, cutoff=0.75)
             hint = f" (did you mean {', '.join(near)}?)" if near else ""
             raise LiteDeltaError(f"{field}.{name}: not a field of TRL's {config_cls.__name__} "
                                  f"(trl {_trl_version()}){hint}")

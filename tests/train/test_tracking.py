@@ -135,7 +135,8 @@ def test_the_split_is_by_prompt_seeded_and_kept_on_resume(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("weight_decya", 0.1, "train.trainer_args.weight_decya: not a field of TRL's DPOConfig"),
+    ("weight_decya", 0.1, "train.trainer_args.weight_decya: not a field of TRL's DPOConfig (trl 1.15.0) (did you "
+                          "mean weight_decay?)"),
     ("weight_decay", "lots", "train.trainer_args.weight_decay: 'lots' is not a float"),
     ("learning_rate", 1e-4, "train.trainer_args.learning_rate: lite-delta sets it; use train.learning_rate"),
     ("push_to_hub", True, "lite-delta push"),
