@@ -132,7 +132,7 @@ def training_section(run_dir: Path, figures: Path) -> list[str]:
              f"Last step: loss {_fmt(last.get('loss'), 3)}, margin {_fmt(last.get('rewards/margins'), 3)}, "
              f"accuracy {_fmt(last.get('rewards/accuracies'))}, chosen reward {_fmt(last.get('rewards/chosen'), 3)}, "
              f"rejected reward {_fmt(last.get('rewards/rejected'), 3)}.", ""]
-    lines += _held_out_lines(summary)
+    lines += held_out_lines(summary)
     if training_chart(run_dir / "train" / "train_log.jsonl", figures / "training.png"):
         lines += ["![training curves](figures/training.png)", ""]
     warnings = summary.get("health_warnings") or []
@@ -143,7 +143,7 @@ def training_section(run_dir: Path, figures: Path) -> list[str]:
     return lines
 
 
-def _held_out_lines(summary: dict) -> list[str]:
+def held_out_lines(summary: dict) -> list[str]:
     """Held-out pairs (train.eval_fraction) and which step's adapter was kept (train.select)."""
     held, selected = summary.get("held_out"), summary.get("selected") or {}
     if not held:
@@ -155,7 +155,10 @@ def _held_out_lines(summary: dict) -> list[str]:
              f"{_fmt(last.get('eval_rewards/accuracies'))}; lowest held-out loss {_fmt(best.get('eval_loss'), 3)} "
              f"at step {best.get('step', '—')}."]
     if selected.get("by", "last") != "last":
-        lines.append(f"The adapter is step {selected['step']}'s ({selected['by']}), not the last step's.")
+        last_step = selected["step"] == summary.get("steps")
+        lines.append(f"The adapter is step {selected['step']}'s ({selected['by']})"
+                     + (": the last step's, the held-out loss was lowest there." if last_step
+                        else ", not the last step's."))
     return [" ".join(lines), ""]
 
 

@@ -221,3 +221,15 @@ def test_lite_delta_run_checks_trainer_args_before_generating(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train.trainer_args.weight_decay: 'heavy' is not a float" in err and "Traceback" not in err
     assert not runs.exists(), "nothing generated, not even the runs folder"
+
+
+def test_the_report_says_when_the_best_evaluated_step_is_the_last():
+    from lite_delta.report import held_out_lines
+
+    held = {"pairs": 7, "prompts": 5, "fraction": 0.1, "evaluations": 10,
+            "last": {"step": 20, "eval_loss": 0.435}, "best": {"step": 20, "eval_loss": 0.435}}
+    summary = {"steps": 20, "held_out": held, "selected": {"by": "best_eval (lowest held-out loss)", "step": 20}}
+    text = " ".join(held_out_lines(summary))
+    assert "step 20's (best_eval (lowest held-out loss)): the last step's" in text and "not the last" not in text
+    summary["selected"]["step"] = 12
+    assert "step 12's (best_eval (lowest held-out loss)), not the last step's" in " ".join(held_out_lines(summary))
