@@ -183,3 +183,11 @@ def kill_once_written():
         proc.wait()
 
     return run
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    """Keep the datasets cache (parquet, Hub-layout folders) inside tmp_path."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")

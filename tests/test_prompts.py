@@ -24,12 +24,7 @@ def assistant(text):
     return {"role": "assistant", "content": text}
 
 
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    """Keep the datasets cache (parquet, Hub) inside tmp_path."""
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+pytestmark = pytest.mark.usefixtures("datasets_cache")  # tests/conftest.py
 
 
 # --- formats ------------------------------------------------------------------------------------

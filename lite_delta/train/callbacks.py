@@ -71,14 +71,18 @@ class StepLog(TrainerCallback):
         new = check(self.records, loss_type=self.loss_type, warmup_steps=self.warmup_steps,
                     steps_per_epoch=self.steps_per_epoch, already={w.kind for w in self.warnings},
                     beta=self.beta, total_steps=self.total_steps)
+        self._warn(new, record)
+        if self.main:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _warn(self, new: list, record: dict) -> None:
+        """New health warnings: said once (main process), named in the step's line, kept for train.json."""
         for warning in new:
             if self.main:
                 log.warning("training health: %s", warning.message)
             record.setdefault("warnings", []).append(warning.kind)
         self.warnings.extend(new)
-        if self.main:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
 
     def _held_out(self, step: int, logs: dict) -> None:
         """The evaluation runs right after its step is logged: its figures join that step's line (rewritten
@@ -91,11 +95,7 @@ class StepLog(TrainerCallback):
             self.records.append(record)
         record.update(values)
         new = check_held_out(self.records, beta=self.beta, already={w.kind for w in self.warnings})
-        for warning in new:
-            if self.main:
-                log.warning("training health: %s", warning.message)
-            record.setdefault("warnings", []).append(warning.kind)
-        self.warnings.extend(new)
+        self._warn(new, record)
         if self.main:
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 

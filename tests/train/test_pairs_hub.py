@@ -30,12 +30,7 @@ def system(text):
     return {"role": "system", "content": text}
 
 
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    """Keep the datasets cache inside tmp_path."""
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+pytestmark = pytest.mark.usefixtures("datasets_cache")  # tests/conftest.py
 
 
 def hub(tmp_path, rows, name="repo", **configs):
