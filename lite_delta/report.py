@@ -174,7 +174,17 @@ def _sft_section(run_dir: Path) -> list[str]:
             f"answer tokens each), last loss {_fmt(last.get('loss'), 3)}. Adapter: `sft/adapter`.", ""]
 
 
-def _utility_section(run_dir: Path) -> list[str]:
+def greedy_breaks(run_dir: Path) -> list[str]:
+    """The export's greedy quick-check answers (tuned, merged) that the coherence rule calls degenerate, as
+    "merged (few_words)": sampled answers can pass the coherence bounds while greedy decoding loops."""
+    from lite_delta.evaluate.coherence import degenerate_reason
+
+    sample = (_read_json(run_dir / "export" / "export.json") or {}).get("sample") or {}
+    return [f"{name} ({why})" for name in ("tuned", "merged")
+            if isinstance(sample.get(name), str) and (why := degenerate_reason(sample[name]))]
+
+
+def utility_section(run_dir: Path) -> list[str]:
     summary = _read_json(run_dir / "evaluate" / "utility" / "summary.json")
     if not summary:
         return []
@@ -200,9 +210,15 @@ def _utility_section(run_dir: Path) -> list[str]:
         return f"{d['diff']:+.2f} (paired 95% CI [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}])"
 
     coherence = summary.get("coherence")
+    greedy = greedy_breaks(run_dir) if summary.get("target_met") else []
     if summary.get("target_met") and coherence and not summary.get("coherent"):
         verdict = ("**not met**: the tuned student is above the chosen answers by the count, but its answers are "
                    "not coherent (see Coherence below)")
+    elif greedy:
+        verdict = ("**not met**: the tuned student is above the chosen answers and its sampled answers are coherent, "
+                   f"but greedy decoding breaks it: the quick check's {' and '.join(greedy)} "
+                   f"{'answers are' if len(greedy) > 1 else 'answer is'} degenerate "
+                   "(see Quick check below)")
     else:
         verdict = "**met**" if summary.get("target_met") else "**not met**"
     lines += ["", f"Tuned − chosen: {diff('tuned_minus_chosen')}; tuned − base: {diff('tuned_minus_base')}. "
@@ -324,7 +340,7 @@ def write_report(recipe: Recipe, run_dir: Path) -> list[Path]:
     env = environment()
     lines = [f"# lite-delta run: {recipe.name}", "",
              "Delta learning (Geng et al., 2025): DPO on pairs of two weak answers, chosen ≻ rejected.", ""]
-    lines += _utility_section(run_dir)
+    lines += utility_section(run_dir)
     lines += _suite_section(run_dir)
     lines += _export_section(run_dir)
     lines += _meter_section(run_dir)

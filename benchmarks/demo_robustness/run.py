@@ -72,6 +72,8 @@ def run_one(build: str, seed: int, runs_dir: Path, recipe: str | None, extra: li
 
 
 def collect(run_dir: Path, build: str, seed: int, wall: float | None) -> dict:
+    from lite_delta.report import greedy_breaks
+
     read = lambda rel: json.loads((run_dir / rel).read_text(encoding="utf-8"))  # noqa: E731
     manifest, stats, summary = read("manifest.json"), read("pairs/stats.json"), read("evaluate/utility/summary.json")
     bars = summary["bars"]
@@ -91,6 +93,8 @@ def collect(run_dir: Path, build: str, seed: int, wall: float | None) -> dict:
         # coherence of every student (issue 26): degenerate share and relevance, and DPO's difference from base
         "coherence": _coherence(summary.get("coherence")),
         "coherent": summary.get("coherent"),
+        # the report's greedy quick check (tuned, merged) that the coherence rule calls degenerate: a "met" needs none
+        "quick_check_degenerate": greedy_breaks(run_dir),
         "health_warnings": [w["kind"] for w in (read("train/train.json").get("health_warnings") or [])],
         "stage_seconds": {name: rec.get("seconds") for name, rec in manifest["stages"].items()},
         "wall_seconds_this_call": round(wall, 1) if wall is not None else None,
@@ -108,26 +112,35 @@ def _coherence(c: dict | None) -> dict | None:
 
 
 def met(row: dict) -> bool:
-    """Both halves of the demo's target: DPO past the chosen answers, and as coherent as the base student."""
-    return bool(row["target_met"] and row.get("coherent"))
+    """Both halves of the demo's target: DPO past the chosen answers, and as coherent as the base student, in its
+    sampled answers and in the report's greedy quick check."""
+    return bool(row["target_met"] and row.get("coherent") and not row.get("quick_check_degenerate"))
+
+
+def _quick_check(row: dict) -> str:
+    if "quick_check_degenerate" not in row:
+        return "–"
+    return "**degenerate**: " + ", ".join(row["quick_check_degenerate"]) if row["quick_check_degenerate"] else "fine"
 
 
 def coherence_table(rows: list[dict]) -> str:
     """Per run, each student's degenerate share and relevance (nats/token under the base student)."""
     names = ("base", "rejected", "chosen", "sft", "tuned")
     head = ("| build | seed | degenerate: base / rejected / chosen / SFT / DPO | DPO − base [95% CI] "
-            "| relevance: base / rejected / chosen / SFT / DPO | DPO − base [95% CI] | coherent | health |")
+            "| relevance: base / rejected / chosen / SFT / DPO | DPO − base [95% CI] | coherent "
+            "| greedy quick check | health |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         c = r.get("coherence")
         if not c:
-            lines.append(f"| {r['build']} | {r['seed']} | – | – | – | – | – | – |")
+            lines.append(f"| {r['build']} | {r['seed']} | – | – | – | – | – | – | – |")
             continue
         fig = lambda f: " / ".join("–" if n not in c[f] else f"{c[f][n]:.2f}" for n in names)  # noqa: E731
         ci = lambda x: f"{x['diff']:+.2f} [{x['ci95'][0]:+.2f}, {x['ci95'][1]:+.2f}]"  # noqa: E731
         lines.append(f"| {r['build']} | {r['seed']} | {fig('degenerate')} | {ci(c['tuned_degenerate_minus_base'])} | "
                      f"{fig('relevance')} | {ci(c['tuned_relevance_minus_base'])} | "
-                     f"{'yes' if r.get('coherent') else '**no**'} | {', '.join(r.get('health_warnings') or []) or 'quiet'} |")
+                     f"{'yes' if r.get('coherent') else '**no**'} | "
+                     f"{_quick_check(r)} | {', '.join(r.get('health_warnings') or []) or 'quiet'} |")
     return "\n".join(lines)
 
 
