@@ -132,7 +132,8 @@ def _opening(check: dict) -> str:
 
 
 def table(rows: list[dict], base_greedy: dict) -> str:
-    head = ("| design | pairs | DPO | DPO − chosen [95% CI] | degenerate | relevance − base [95% CI] | coherent | met "
+    head = ("| design | pairs | DPO | DPO − chosen [95% CI] | degenerate | relevance − base [95% CI] | coherent "
+            "| past chosen and coherent, sampled "
             "| greedy degenerate | quick-check prompt, greedy | last-step margin (nats/pair) | health |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     ci = lambda x: f"{x['diff']:+.2f} [{x['ci95'][0]:+.2f}, {x['ci95'][1]:+.2f}]"  # noqa: E731
