@@ -179,10 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, overrides in designs:
         path = args.out / name / "row.json"
-        if path.is_file() and (_read(path)["overrides"], _read(path)["run"], _read(path)["pairs_from"]) == (
-                overrides, str(run), str(pairs)):
-            row = _read(path)
-        else:
+        row = _read(path) if path.is_file() else None
+        if not row or (row["overrides"], row["run"], row["pairs_from"]) != (overrides, str(run), str(pairs)):
             print(f"== {name} {overrides}", flush=True)
             row = run_design(run, recipe, name, overrides, args.out, pairs)
             path.write_text(json.dumps(row, indent=2) + "\n")
