@@ -555,8 +555,18 @@ class TrainSettings(Strict):
         "pairs get TRL's held-out loss, rewards, margins and accuracy every eval_steps; 0: none")
     eval_steps: int | None = Field(
         None, gt=0, exclude_if=lambda n: n is None, description="evaluate the held-out pairs every N optimizer steps; unset: 10 times in the run")
-    select: Literal["last", "best_eval"] = Field(
-        "last", exclude_if=lambda s: s == "last", description="which adapter becomes adapter/: the last step's, or best_eval: the evaluated step with "
+    probe_prompts: int = Field(
+        0, ge=0, le=64, exclude_if=lambda n: not n, description="greedy answers to this many prompts (held-out pairs' "
+        "first, then training ones) with the adapter off, then every probe_steps steps, scored by the degenerate rule "
+        "(probe.jsonl; health warns greedy_broken when they break, which the step log can miss); 0: off. PEFT "
+        "backend, one process")
+    probe_steps: int | None = Field(
+        None, gt=0, exclude_if=lambda n: n is None, description="probe every N optimizer steps (and at the last); "
+        "unset: 6 times in the run")
+    select: Literal["last", "best_eval", "probe"] = Field(
+        "last", exclude_if=lambda s: s == "last", description="which adapter becomes adapter/: the last step's; probe: "
+        "training stops at the first greedy probe that warns greedy_broken, and the last probed step before it is kept "
+        "(needs probe_prompts); or best_eval: the evaluated step with "
         "the lowest held-out DPO loss (needs eval_fraction; a checkpoint is saved at every evaluation)")
 
     @field_validator("loss")
@@ -586,6 +596,8 @@ class TrainSettings(Strict):
     def _held_out_for_selection(self):
         if self.select == "best_eval" and not self.eval_fraction:
             raise ValueError("select: best_eval picks by the held-out pairs: set eval_fraction (e.g. 0.1)")
+        if self.select == "probe" and not self.probe_prompts:
+            raise ValueError("select: probe stops at the greedy probe's first warning: set probe_prompts (e.g. 8)")
         if self.eval_steps is not None and not self.eval_fraction:
             raise ValueError("eval_steps evaluates held-out pairs: set eval_fraction (e.g. 0.1) too")
         return self

@@ -132,7 +132,7 @@ def training_section(run_dir: Path, figures: Path) -> list[str]:
              f"Last step: loss {_fmt(last.get('loss'), 3)}, margin {_fmt(last.get('rewards/margins'), 3)}, "
              f"accuracy {_fmt(last.get('rewards/accuracies'))}, chosen reward {_fmt(last.get('rewards/chosen'), 3)}, "
              f"rejected reward {_fmt(last.get('rewards/rejected'), 3)}.", ""]
-    lines += held_out_lines(summary)
+    lines += held_out_lines(summary) + probe_lines(summary)
     if training_chart(run_dir / "train" / "train_log.jsonl", figures / "training.png"):
         lines += ["![training curves](figures/training.png)", ""]
     warnings = summary.get("health_warnings") or []
@@ -141,6 +141,21 @@ def training_section(run_dir: Path, figures: Path) -> list[str]:
     lines += ["", f"Chat template: from the {summary['chat_template']['source']} (sha256 "
                   f"{summary['chat_template']['sha256']}); one rendered pair: `train/rendered_pair.txt`.", ""]
     return lines
+
+
+def probe_lines(summary: dict) -> list[str]:
+    """The greedy probe (train.probe_prompts): how many of its greedy answers the degenerate rule flagged, when."""
+    probe = summary.get("probe")
+    if not probe or not probe.get("steps"):
+        return []
+    seen = ", ".join(f"{p['degenerate']} at step {p['step']}" for p in probe["steps"])
+    line = (f"Greedy probe ({probe['prompts']} prompts, answers in `train/{probe['file']}`): degenerate answers "
+            f"{_fmt(probe.get('reference_degenerate'))} with the adapter off, then {seen}.")
+    selected = summary.get("selected") or {}
+    if selected.get("stopped_at") is not None:
+        line += (f" Training stopped at step {selected['stopped_at']}, where they broke, and the adapter is step "
+                 f"{selected['step']}'s (`select: probe`).")
+    return [line, ""]
 
 
 def held_out_lines(summary: dict) -> list[str]:
@@ -177,7 +192,7 @@ def _sft_section(run_dir: Path) -> list[str]:
 def greedy_breaks(run_dir: Path) -> list[str]:
     """The export's greedy quick-check answers (tuned, merged) that the coherence rule calls degenerate, as
     "merged (few_words)": sampled answers can pass the coherence bounds while greedy decoding loops."""
-    from lite_delta.evaluate.coherence import degenerate_reason
+    from lite_delta.degenerate import degenerate_reason
 
     sample = (_read_json(run_dir / "export" / "export.json") or {}).get("sample") or {}
     return [f"{name} ({why})" for name in ("tuned", "merged")

@@ -53,7 +53,7 @@ def _read(path: Path) -> dict:
 
 def greedy(ucfg, scorer: str, student: str, adapter: Path | None, out: Path, cache: Path) -> dict:
     """Greedy answers to every held-out prompt and how many are degenerate (the coherence rule)."""
-    from lite_delta.evaluate.coherence import degenerate_reason
+    from lite_delta.degenerate import degenerate_reason
     from lite_delta.evaluate.utility import read_samples, utility_eval
 
     cfg = ucfg.model_copy(update={"temperature": 0.0, "samples_per_prompt": 1})
@@ -70,6 +70,7 @@ def greedy(ucfg, scorer: str, student: str, adapter: Path | None, out: Path, cac
 
 
 def run_design(run: Path, recipe, name: str, overrides: dict, out: Path, pairs: Path) -> dict:
+    from lite_delta.config import TrainConfig
     from lite_delta.evaluate.coherence import coherence_eval, per_prompt
     from lite_delta.evaluate.utility import compare_utility, open_engine, utility_eval
     from lite_delta.pipeline import heldout_messages
@@ -78,9 +79,9 @@ def run_design(run: Path, recipe, name: str, overrides: dict, out: Path, pairs: 
     folder.mkdir(parents=True, exist_ok=True)
     trained = _read(run / "train" / "train.json")
     config = {k: v for k, v in trained["config"].items() if k not in ("student", "pairs", "out")}
-    unknown = sorted(set(overrides) - set(config))
+    unknown = sorted(set(overrides) - (set(TrainConfig.model_fields) - {"student", "pairs", "out"}))
     if unknown:
-        sys.exit(f"design {name}: {', '.join(unknown)} not a training field (train.json config of {run})")
+        sys.exit(f"design {name}: {', '.join(unknown)} not a training field (lite_delta.config.TrainConfig)")
     config.update(overrides)
     (folder / "train.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
     if not (folder / "train" / "adapter" / "adapter_config.json").is_file():
@@ -115,6 +116,7 @@ def run_design(run: Path, recipe, name: str, overrides: dict, out: Path, pairs: 
         "pairs": _read(folder / "train" / "train.json")["pairs"]["rows"],
         "steps": last["step"], "last_margin_nats": last["rewards/margins"] / config["beta"],
         "health_warnings": [w["kind"] for w in _read(folder / "train" / "train.json").get("health_warnings") or []],
+        "probe": _read(folder / "train" / "train.json").get("probe"),
         "bars": {n: b["mean"] for n, b in summary["bars"].items()},
         "tuned_minus_chosen": summary["tuned_minus_chosen"],
         "degenerate": c["degenerate"]["tuned"]["mean"],

@@ -3,7 +3,7 @@
 A style utility can be met by breaking the model: DPO on list-item pairs found that empty ``1.`` lines and
 ``1.1.1.1`` count as list items. So every held-out answer gets two figures that the utility does not see:
 
-- **degenerate** (a rule, 0 or 1 per answer, see ``degenerate_reason``): fewer than 5 real words; or one line
+- **degenerate** (a rule, 0 or 1 per answer, ``lite_delta.degenerate``): fewer than 5 real words; or one line
   making up more than half of 4+ non-blank lines; or more than half of the word 3-grams repeats of others
   (20+ words); or fewer than half of the whitespace-separated tokens holding a real word (symbol salad).
 - **relevance** (nats per answer token, under the *base* student): how much the prompt explains the answer,
@@ -20,23 +20,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from lite_delta.degenerate import RULE, degenerate_reason  # noqa: F401 -- re-exported: the rule lives below the stages
 from lite_delta.files import write_json
-from lite_delta.utility_scorers import real_words
 
 log = logging.getLogger(__name__)
 
-MIN_WORDS = 5
-REPEATED_LINE_SHARE = 0.5
-MIN_LINES = 4
-REPEATED_TRIGRAM_SHARE = 0.5
-MIN_WORDS_FOR_TRIGRAMS = 20
-MIN_WORDY_TOKEN_SHARE = 0.5
 # The demo's coherence bounds for a tuned student, against the base student on the same prompts and seeds
 # (paired point estimates): at most this many points more degenerate answers, at most this much less relevance.
 RELEVANCE_CHARS = 300  # relevance reads each answer's first ~300 characters (~64 tokens), cut at a space:
@@ -45,24 +38,6 @@ RELEVANCE_CHARS = 300  # relevance reads each answer's first ~300 characters (~6
 DEGENERATE_MARGIN = 0.05
 RELEVANCE_MARGIN = 0.10
 RESULT_FILE = "coherence.json"
-
-
-def degenerate_reason(text: str) -> str | None:
-    """Why an answer is degenerate (``few_words``, ``repeated_lines``, ``repeated_phrases``, ``symbols``), or None."""
-    words = [w.lower() for w in real_words(text)]
-    if len(words) < MIN_WORDS:
-        return "few_words"
-    lines = [line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
-    if len(lines) >= MIN_LINES and Counter(lines).most_common(1)[0][1] > REPEATED_LINE_SHARE * len(lines):
-        return "repeated_lines"
-    if len(words) >= MIN_WORDS_FOR_TRIGRAMS:
-        trigrams = list(zip(words, words[1:], words[2:]))
-        if 1 - len(set(trigrams)) / len(trigrams) > REPEATED_TRIGRAM_SHARE:
-            return "repeated_phrases"
-    tokens = text.split()
-    if sum(1 for t in tokens if real_words(t)) < MIN_WORDY_TOKEN_SHARE * len(tokens):
-        return "symbols"
-    return None
 
 
 def opening(answer: str, chars: int = RELEVANCE_CHARS) -> str:
@@ -130,10 +105,7 @@ def coherence_eval(runs: dict[str, Path], messages: dict[str, list[dict]], *, ju
     settings = {"judge": judge,
                 "answers": {name: _digest(s) for name, s in samples.items()},
                 "relevance_chars": RELEVANCE_CHARS,
-                "rule": {"min_words": MIN_WORDS, "repeated_line_share": REPEATED_LINE_SHARE, "min_lines": MIN_LINES,
-                         "repeated_trigram_share": REPEATED_TRIGRAM_SHARE,
-                         "min_words_for_trigrams": MIN_WORDS_FOR_TRIGRAMS,
-                         "min_wordy_token_share": MIN_WORDY_TOKEN_SHARE}}
+                "rule": RULE}
     path = Path(out) / RESULT_FILE
     if path.is_file():
         try:

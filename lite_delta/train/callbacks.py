@@ -10,7 +10,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from lite_delta.files import write_text
-from lite_delta.train.health import check, check_held_out
+from lite_delta.train.health import check, check_held_out, check_probe, probe_broken
+from lite_delta.train.probe import probe_every
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,18 @@ class StepLog(TrainerCallback):
     dropped first, so the log never holds a step twice. Health warnings go into the log and `warnings`.
     Across processes every one keeps the (already gathered) records; only the main one (`main`) writes and warns."""
 
-    def __init__(self, path: Path, *, loss_type: str | list[str], main: bool = True, beta: float | None = None):
+    def __init__(self, path: Path, *, loss_type: str | list[str], main: bool = True, beta: float | None = None,
+                 probe=None, probe_steps: int | None = None, stop_on_probe: bool = False):
         self.path = path
         self.loss_type = loss_type
         self.beta = beta
         self.main = main
         self.records: list[dict] = []
         self.warnings: list = []
+        self.probe = probe  # a GreedyProbe (probe.py), run every `probe_steps` steps (unset: a few per run)
+        self.probe_steps = probe_steps
+        self.stop_on_probe = stop_on_probe  # select: probe: stop at the first broken probe, keep the last good step
+        self.probed: dict | None = None  # the probe of the step about to be logged
 
     def on_train_begin(self, args, state, control, **kwargs):
         lines = self.path.read_text(encoding="utf-8").splitlines() if self.main and self.path.exists() else []
@@ -47,6 +53,28 @@ class StepLog(TrainerCallback):
         self.steps_per_epoch = max(1, -(-batches // args.gradient_accumulation_steps))
         self.warmup_steps = args.get_warmup_steps(state.max_steps)
         self.total_steps = state.max_steps
+        if self.probe is not None:
+            self.probe_every = probe_every(self.probe_steps, state.max_steps)
+            self.probe.resume(state.global_step)
+            if self.probe.reference is None:  # the student before training: the adapter switched off
+                self.probe.run(kwargs["model"], state.global_step, adapter=False)
+            if self.stop_on_probe:  # where training starts (or resumes): no probe before it has broken
+                self.probe.keep(kwargs["model"], state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if self.probe is None or not (step % self.probe_every == 0 or step == state.max_steps):
+            return
+        self.probed = self.probe.run(kwargs["model"], step)
+        if not self.stop_on_probe:
+            return
+        if probe_broken(self.probed, self.probe.reference):
+            self.probe.stopped_at = step
+            control.should_training_stop = True
+            log.warning("select: probe: the greedy probe broke at step %d; training stops and step %d's adapter is "
+                        "kept", step, self.probe.kept_step)
+        else:
+            self.probe.keep(kwargs["model"], step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "eval_loss" in logs:
@@ -71,6 +99,10 @@ class StepLog(TrainerCallback):
         new = check(self.records, loss_type=self.loss_type, warmup_steps=self.warmup_steps,
                     steps_per_epoch=self.steps_per_epoch, already={w.kind for w in self.warnings},
                     beta=self.beta, total_steps=self.total_steps)
+        if self.probed is not None:  # run at this step's end, just before its log
+            record["probe_degenerate"] = self.probed["degenerate"]
+            new += check_probe(self.probed, self.probe.reference, already={w.kind for w in self.warnings})
+            self.probed = None
         self._warn(new, record)
         if self.main:
             with open(self.path, "a", encoding="utf-8") as f:

@@ -28,7 +28,8 @@ PLUNGE_RATIO = 2.0  # ... more than this many times as far as the chosen ones ro
 
 @dataclass(frozen=True)
 class HealthWarning:
-    kind: str  # stuck | both_down | not_finite | collapsed | saturated | runaway_margin | rejected_plunge
+    kind: str  # stuck | both_down | not_finite | collapsed | saturated | runaway_margin | rejected_plunge |
+    # held_out_parted | held_out_gap | greedy_broken
     step: int
     message: str
 
@@ -187,3 +188,28 @@ def diverged_weights(model) -> list[str]:
 def diverged_message(bad: list[str], step: int, learning_rate: float) -> str:
     return (f"training diverged: {len(bad)} trainable weight tensor(s) hold NaN or inf after step {step} (e.g. "
             f"{bad[0]}); the adapter is not saved. Lower the learning rate (now {learning_rate:g}) or raise warmup")
+
+
+# The greedy probe (train.probe_prompts, probe.py): the student's own greedy answers, by the degenerate rule.
+PROBE_RISE = 0.25  # this share of the probe's answers newly degenerate (past the reference's count) ...
+PROBE_MIN_ANSWERS = 2  # ... and at least this many: one odd answer is not a collapse
+
+
+def probe_broken(record: dict, reference: dict | None) -> bool:
+    """The probe's answers at this step are degenerate well past the reference's (adapter off)."""
+    if reference is None or not record["prompts"]:
+        return False
+    return record["degenerate"] - reference["degenerate"] >= max(PROBE_MIN_ANSWERS, PROBE_RISE * record["prompts"])
+
+
+def check_probe(record: dict, reference: dict | None, *, already: set[str] = frozenset()) -> list[HealthWarning]:
+    """A warning when the probe's greedy answers at this step are degenerate well past the reference's."""
+    if "greedy_broken" in already or not probe_broken(record, reference):
+        return []
+    n, now, before = record["prompts"], record["degenerate"], reference["degenerate"]
+    example = next((a for a in record.get("answers", []) if a["degenerate"]), None)
+    shown = f" (e.g. {example['answer'][:80]!r}: {example['degenerate']})" if example else ""
+    return [HealthWarning("greedy_broken", record["step"],
+                          f"step {record['step']}: {now} of {n} greedy answers to the probe prompts are degenerate, "
+                          f"against {before} with the adapter off{shown}: the student is breaking, whatever the "
+                          f"step log says. {OVERTRAINED_ADVICE}")]

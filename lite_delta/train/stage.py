@@ -43,6 +43,7 @@ from lite_delta.train.sequences import (
     with_template_kwargs,
 )
 from lite_delta.models.student import prepare_student
+from lite_delta.train.probe import PROBE_FILE, GreedyProbe, probe_rows
 from lite_delta.train.split import prompt_key, split_by_prompt
 from lite_delta.train.trainer_args import (TENSORBOARD_DIR, checked_trainer_args, config_error,
                                            tracking_and_eval_args, use_tensorboard_dir)
@@ -137,7 +138,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     model, tokenizer, lora, precision = load_student(
         backend, student, cfg, precision, cuda, tokenizer, template, quantization=quantization,
         device_index=args.local_process_index if cuda and distributed else None, sharded=sharded)
-    step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss, main=main, beta=cfg.beta)
+    probe = greedy_probe(cfg, rows, held_out, tokenizer, out, backend=backend, distributed=distributed,
+                         end_ids=end_token_ids(tokenizer, student)) if main else None
+    if cfg.select == "probe" and probe is None:
+        raise LiteDeltaError("train.select: probe needs the greedy probe, which runs with the PEFT backend in one "
+                             "process: use backend: peft and one process, or another select")
+    step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss, main=main, beta=cfg.beta, probe=probe,
+                       probe_steps=cfg.probe_steps, stop_on_probe=cfg.select == "probe")
     bar = ProgressBar(step_log, console) if progress else None
     callbacks = [step_log] + ([bar] if bar else [])
     # With a PEFT model and no ref_model, TRL's reference is the student with the adapter disabled.
@@ -158,6 +165,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     finally:
         if bar is not None:
             bar.close()  # a failed or interrupted run leaves no bar drawing, nor a timer printing
+    if probe is not None and probe.stopped_at is not None:
+        probe.restore(trainer.model)  # select: probe: the last probed step before the greedy answers broke
     bad = diverged_weights(trainer.model)
     if bad:
         raise LiteDeltaError(diverged_message(bad, trainer.state.global_step, cfg.learning_rate))
@@ -184,6 +193,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         "health_warnings": [vars(w) for w in step_log.warnings],
         "last_log": records[-1] if records else None,
         **held_out_summary(cfg, held_out, records, trainer.state),
+        **probe_selection(probe),
+        **({"probe": probe.summary()} if probe is not None else {}),
         "report_to": args.report_to,
         "run_name": args.run_name,
     }
@@ -192,6 +203,27 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         summary["merged"] = str(merge_adapter(student, adapter, out / "merged", precision))
     write_json(out / "train.json", summary)
     return out
+
+
+def greedy_probe(cfg: TrainConfig, rows: list[dict], held_out: list[dict], tokenizer, out: Path, *, backend: str,
+                 distributed: bool, end_ids: set[int]):
+    """The greedy probe of `probe_prompts` prompts (probe.py), or None: off, or where it cannot run yet."""
+    if not cfg.probe_prompts:
+        (out / PROBE_FILE).unlink(missing_ok=True)  # a probe of an earlier attempt must not pass for this one's
+        return None
+    if backend == "unsloth" or distributed:
+        log.warning("train.probe_prompts: the greedy probe runs with the PEFT backend in one process; skipped "
+                    "here (%s)", "Unsloth" if backend == "unsloth" else "several processes")
+        return None
+    return GreedyProbe(probe_rows(rows, held_out, cfg.probe_prompts), tokenizer, out / PROBE_FILE, end_ids=end_ids)
+
+
+def probe_selection(probe) -> dict:
+    """select: probe stopped training: train.json's `selected` names the kept step and the one that broke."""
+    if probe is None or probe.stopped_at is None:
+        return {}
+    return {"selected": {"by": "probe (the last probed step before the greedy answers broke)",
+                         "step": probe.kept_step, "stopped_at": probe.stopped_at}}
 
 
 def checkpoint_step(checkpoint: str | None) -> int | None:
