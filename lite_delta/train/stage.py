@@ -140,9 +140,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         device_index=args.local_process_index if cuda and distributed else None, sharded=sharded)
     probe = greedy_probe(cfg, rows, held_out, tokenizer, out, backend=backend, distributed=distributed,
                          end_ids=end_token_ids(tokenizer, student)) if main else None
-    if cfg.select == "probe" and probe is None:
-        raise LiteDeltaError("train.select: probe needs the greedy probe, which runs with the PEFT backend in one "
-                             "process: use backend: peft and one process, or another select")
     step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss, main=main, beta=cfg.beta, probe=probe,
                        probe_steps=cfg.probe_steps, stop_on_probe=cfg.select == "probe")
     bar = ProgressBar(step_log, console) if progress else None
@@ -213,7 +210,8 @@ def greedy_probe(cfg: TrainConfig, rows: list[dict], held_out: list[dict], token
         return None
     if backend == "unsloth" or distributed:
         log.warning("train.probe_prompts: the greedy probe runs with the PEFT backend in one process; skipped "
-                    "here (%s)", "Unsloth" if backend == "unsloth" else "several processes")
+                    "here (%s)%s", "Unsloth" if backend == "unsloth" else "several processes",
+                    ", so select: probe keeps the last step's adapter" if cfg.select == "probe" else "")
         return None
     return GreedyProbe(probe_rows(rows, held_out, cfg.probe_prompts), tokenizer, out / PROBE_FILE, end_ids=end_ids)
 
