@@ -58,3 +58,24 @@ def test_probe_settings_are_checked():
     with pytest.raises(ValidationError, match="select: probe .* set probe_prompts"):
         TrainConfig(student="s", pairs="p", out="o", select="probe")
     assert TrainConfig(student="s", pairs="p", out="o", select="probe", probe_prompts=4).select == "probe"
+
+
+def test_a_resumed_probe_keeps_what_it_asked_up_to_the_checkpoint(tmp_path):
+    import json
+
+    from lite_delta.train.probe import GreedyProbe
+
+    rows = probe_rows([row("q0"), row("q1")], [], 2)
+    probe = GreedyProbe(rows, tokenizer=None, path=tmp_path / "probe.jsonl", end_ids=set())
+    other = GreedyProbe(probe_rows([row("other")], [], 1), tokenizer=None, path=tmp_path / "x", end_ids=set())
+    lines = [{"step": 0, "adapter": "off", "key": probe.key, "degenerate": 0, "prompts": 2},
+             *({"step": s, "adapter": "on", "key": probe.key, "degenerate": 1, "prompts": 2} for s in (3, 6, 9)),
+             {"step": 3, "adapter": "on", "key": other.key, "degenerate": 2, "prompts": 1}]
+    (tmp_path / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    probe.resume(6)  # the checkpoint of step 6: the probe of step 9 is redone, another probe's lines never count
+    assert [(r["step"], r["adapter"]) for r in probe.records] == [(0, "off"), (3, "on"), (6, "on")]
+    assert probe.reference["step"] == 0
+    assert [json.loads(line) for line in (tmp_path / "probe.jsonl").read_text().splitlines()] == probe.records
+    probe.resume(0)  # a fresh start: only the reference (the adapter off does not change) is kept
+    assert probe.records == [lines[0]] and probe.summary()["steps"] == []
+    assert GreedyProbe(rows, None, tmp_path / "none.jsonl", end_ids=set()).reference is None
