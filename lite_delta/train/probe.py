@@ -7,8 +7,8 @@ stage answers N prompts greedily (held-out pairs' prompts first, then training o
 adapter switched off (the reference, once) and then every ``probe_steps`` steps with the adapter as trained so
 far, and scores each answer with ``lite_delta.degenerate``. Every probe goes to probe.jsonl (answers included),
 its count into the step's line of the step log, and health warns (``greedy_broken``) when the count rises past
-the reference's. A probe costs N greedy answers of PROBE_TOKENS tokens through transformers (seconds on a
-GPU; ~10-20 s for 8 answers of the demo's 135M student on 2 CPU cores).
+the reference's. A probe costs N greedy answers of PROBE_TOKENS tokens through transformers (about 6 s for 8
+answers of the demo's 135M student on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def probe_rows(rows: list[dict], held_out: list[dict], n: int) -> list[dict]:
         return list(found.values())
 
     chosen = distinct(held_out)[:n]
-    rest = [r for r in distinct(rows) if prompt_key(r) not in {prompt_key(c) for c in chosen}]
+    taken = {prompt_key(c) for c in chosen}
+    rest = [r for r in distinct(rows) if prompt_key(r) not in taken]
     want = n - len(chosen)
     if want > 0 and rest:
         stride = len(rest) / min(want, len(rest))

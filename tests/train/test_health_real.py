@@ -56,11 +56,7 @@ def test_an_over_trained_real_run_warns_and_a_gentle_one_is_quiet(smollm2_studen
     assert [r.get("probe_degenerate") for r in log if r["step"] in (6, 12)] == [p["degenerate"] for p in probes[1:]]
     section = "\n".join(training_section(tmp_path / "hot_run", tmp_path / "figures") or [])
     assert section == "", "no train.json there: no section"
-    run_dir = tmp_path / "hot_run"
-    (run_dir / "train").mkdir(parents=True)
-    for name in ("train.json", "train_log.jsonl"):
-        (run_dir / "train" / name).write_text((out / name).read_text())
-    section = "\n".join(training_section(run_dir, tmp_path / "figures"))
+    section = "\n".join(training_section_for(out, tmp_path / "hot_run"))
     assert "no warnings" not in section and "early stopping" in section
     assert f"Greedy probe ({len(TOPICS)} prompts" in section and "greedy answers to the probe prompts" in section
 
@@ -95,13 +91,13 @@ def test_select_probe_stops_at_the_broken_probe_and_keeps_the_step_before(smollm
     rows = probe_rows([{"prompt": r["prompt"]} for r in ROWS], [], len(TOPICS))
     again = GreedyProbe(rows, tokenizer, tmp_path / "again.jsonl", end_ids=end_token_ids(tokenizer, smollm2_student))
     assert [a["answer"] for a in again.run(model, selected["step"])["answers"]] == [a["answer"] for a in kept["answers"]]
-    section = "\n".join(training_section_for(out, tmp_path))
+    section = "\n".join(training_section_for(out, tmp_path / "run"))
     assert f"Training stopped at step {selected['stopped_at']}" in section
 
 
-def training_section_for(out, tmp_path):
-    run_dir = tmp_path / "run"
+def training_section_for(out, run_dir):
+    """The report's training section for a run folder holding this training's train.json and step log."""
     (run_dir / "train").mkdir(parents=True)
     for name in ("train.json", "train_log.jsonl"):
         (run_dir / "train" / name).write_text((out / name).read_text())
-    return training_section(run_dir, tmp_path / "figures")
+    return training_section(run_dir, run_dir / "figures")
