@@ -286,6 +286,26 @@ class ContrastConfig(Strict):
                                          "runs where the recipe trains")
 
 
+class RoundsConfig(Strict):
+    """On-policy rounds (a `rounds:` section): the prompts are split into `n` shares; round 1 trains on the
+    teachers' pairs from share 1, and each later round lets the student tuned so far (its GGUF with the previous
+    round's adapter) answer the next share, pairs those answers the same way, and trains on, from that adapter."""
+
+    n: int = Field(1, ge=1, le=8, description="training rounds; 1: the paper's single round on the teachers' pairs")
+    max_steps: list[int] | None = Field(
+        None, description="optimizer steps of each round, one per round; unset: train.max_steps (or train.epochs) "
+        "in every round")
+
+    @model_validator(mode="after")
+    def _one_length_per_round(self) -> "RoundsConfig":
+        if self.max_steps is not None:
+            if len(self.max_steps) != self.n:
+                raise ValueError(f"max_steps has {len(self.max_steps)} entries for {self.n} rounds: give one per round")
+            if any(s < 1 for s in self.max_steps):
+                raise ValueError("max_steps: every round trains at least 1 step")
+        return self
+
+
 # A Hugging Face Hub model id, ORG/NAME: what a model card's `base_model` must be (never a path or pkg://).
 HUB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -307,6 +327,7 @@ class Recipe(Strict):
         "`lite-delta push` writes: needed where the student is a GGUF or folder whose metadata does not name it "
         "(unset: the student itself when it is a Hub id, else its GGUF's metadata)")
     train: TrainSettings | None = None
+    rounds: RoundsConfig = Field(default_factory=RoundsConfig, exclude_if=lambda r: r.n == 1 and r.max_steps is None)
     export: ExportConfig = Field(default_factory=ExportConfig)
     contrast: ContrastConfig = Field(default_factory=ContrastConfig)
     meter: MeterSettings = Field(default_factory=MeterSettings)
@@ -339,6 +360,13 @@ class Recipe(Strict):
                 raise ValueError("pairing.mode by_score needs generation.samples_per_prompt >= 2")
         if (self.train or self.evaluate) and not self.student:
             raise ValueError("train and evaluate need `student` (Hub id, model folder or GGUF reference)")
+        if self.rounds.n > 1:
+            if self.pairing.mode != "by_score" or not self.train or self.train.pairs:
+                raise ValueError("rounds.n > 1: later rounds rank the student's own answers, so the recipe needs "
+                                 "pairing.mode by_score, a train section and no train.pairs")
+            if not self.student_gguf_ref():
+                raise ValueError("rounds.n > 1: the student answers through llama.cpp in later rounds: it must be a "
+                                 "GGUF reference, or set student_gguf")
         if self.evaluate and self.evaluate.utility and self.pairing.mode != "by_score":
             raise ValueError("evaluate.utility measures the pairing scorer: it needs pairing.mode by_score")
         if self.evaluate and self.evaluate.utility and \
@@ -448,11 +476,19 @@ class GenerateConfig(Strict):
     chat_template: str | None = None
     derive: str | None = Field(None, description="answer with `model` requantized to this llama.cpp quant type "
                                "(a derived rejected teacher, made once and cached)")
+    adapter: Path | None = Field(None, exclude_if=lambda a: a is None,
+                                 description="a GGUF LoRA adapter of `model` to answer with (an on-policy round)")
+    share: tuple[int, int] | None = Field(None, exclude_if=lambda s: s is None,
+                                          description="(r, n): answer only share r of n of the prompts (rounds)")
 
     @model_validator(mode="after")
     def _one_teacher(self) -> "GenerateConfig":
         if (self.model is None) == (self.endpoint is None):
             raise ValueError("give either a GGUF model (--model) or endpoints (--endpoint URL), not both or neither")
+        if self.share is not None and not 1 <= self.share[0] <= self.share[1]:
+            raise ValueError(f"share {self.share}: (r, n) with 1 <= r <= n")
+        if self.adapter is not None and self.model is None:
+            raise ValueError("adapter: a GGUF LoRA goes on a GGUF model, not on endpoints")
         return self
 
 
@@ -621,6 +657,9 @@ class TrainConfig(TrainSettings):
     pairs: PairsRef = Field(description="pair-stage output folder, a pairs file (.jsonl/.json/.parquet/.csv) or a "
                             "Hub dataset ORG/NAME[:CONFIG][@SPLIT]")
     out: Path
+    init_adapter: Path | None = Field(
+        None, exclude_if=lambda a: a is None, description="a PEFT LoRA adapter of this student to train on from (a "
+        "later round); the DPO reference is then that adapter's model, not the bare student")
 
 
 class UtilityEvalConfig(Strict):

@@ -220,6 +220,12 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
         steps = tr.max_steps or math.ceil(pairs_max / per_step * tr.epochs) if pairs_max else tr.max_steps
         pairs_max *= recipe.pairing.pairs_per_prompt if recipe.pairing.mode == "by_score" and not own_pairs else 1
         steps = tr.max_steps or math.ceil(pairs_max / per_step * tr.epochs) if pairs_max else tr.max_steps
+        if recipe.rounds.n > 1:  # the prompts split in n shares, one per round; steps as each round sets them
+            per_round = recipe.rounds.max_steps or [tr.max_steps] * recipe.rounds.n
+            steps = sum(per_round) if None not in per_round else steps
+            console.print(f"on-policy rounds: {recipe.rounds.n} (round r ≥ 2: the student after round r - 1 answers "
+                          f"share r of the prompts, and training goes on from its adapter); steps per round: "
+                          f"{', '.join(str(s or '1 epoch') for s in per_round)}")
         console.print(f"training: at most {pairs_max or '?'} pairs, {per_step} per step → "
                       f"{steps or '?'} optimizer steps" + (" (DPO, then the same for the SFT contrast)"
                                                            if recipe.contrast.sft else ""))

@@ -27,11 +27,12 @@ from rich.console import Console
 from lite_delta.config import (ENDPOINT_PLACEMENT, TRACKING, DerivedTeacher, EndpointTeacher, GenerateConfig,
                                Recipe, TrainConfig, load_recipe)
 from lite_delta.errors import LiteDeltaError
-from lite_delta.files import FolderLock, parse_json, writable_dir, write_json
+from lite_delta.files import FolderLock, parse_json, writable_dir, write_json, write_text
+from lite_delta.layout import ROUNDS_DIR, round_dir, trained_dir
 
 console = Console(stderr=True)
 
-STAGES = ("meter", "generate", "pair", "train", "sft", "convert", "export", "evaluate", "report")
+STAGES = ("meter", "generate", "pair", "train", "rounds", "sft", "convert", "export", "evaluate", "report")
 MANIFEST = "manifest.json"
 
 
@@ -65,9 +66,13 @@ def stage_settings(recipe: Recipe) -> dict[str, dict | None]:
                   "suite_data_dir": str(recipe.evaluate.suite.data_dir) if recipe.evaluate and recipe.evaluate.suite else None,
                   **{k: data[k] for k in ("teachers", "generation", "pairing", "prompts")}}
         if recipe.meter.enabled and generates else None,
-        "generate": {k: data[k] for k in ("prompts", "teachers", "generation")} if generates else None,
+        "generate": {**{k: data[k] for k in ("prompts", "teachers", "generation")},  # rounds: share 1 of the prompts
+                     **({"rounds": recipe.rounds.n} if recipe.rounds.n > 1 else {})} if generates else None,
         "pair": {"pairing": data["pairing"]} if generates else None,
-        "train": {"student": data["student"], "train": data["train"]} if recipe.train else None,
+        "train": {"student": data["student"], "train": data["train"],
+                  **({"round_1_steps": round_steps(recipe, 1)} if recipe.rounds.n > 1 else {})} if recipe.train else None,
+        "rounds": {k: data[k] for k in ("student", "student_gguf", "rounds", "prompts", "generation", "pairing", "train")}
+        if recipe.train and recipe.rounds.n > 1 else None,
         "sft": {"student": data["student"], "train": data["train"], "contrast": data["contrast"]}
         if recipe.train and recipe.contrast.sft else None,
         "convert": {"student": data["student"], "student_convert": convert_settings(recipe)} if converts(recipe) else None,
@@ -330,11 +335,12 @@ def plan_stages(recipe: Recipe, manifest: Manifest, *, from_stage: str | None, u
 def _generate_one(recipe: Recipe, model: str | EndpointTeacher | DerivedTeacher, out: Path) -> Path:
     from lite_delta.generate import generate
 
+    share = (1, recipe.rounds.n) if recipe.rounds.n > 1 else None  # round 1's share; later rounds: run_rounds
     teacher = dict(endpoint=model) if isinstance(model, EndpointTeacher) else dict(model=model)
     if isinstance(model, DerivedTeacher):  # the chosen teacher's GGUF, requantized (models/derive.py)
         teacher = dict(model=derived_source(recipe), derive=model.derive)
     cfg = GenerateConfig(**teacher, prompts=recipe.prompts, generation=recipe.generation, out=out,
-                         chat_template=recipe.teachers.chat_template)
+                         chat_template=recipe.teachers.chat_template, share=share)
     return generate(cfg)
 
 
@@ -416,10 +422,64 @@ def run_train(recipe: Recipe, run_dir: Path) -> list[Path]:
     out = run_dir / "train"
     pairs = training_pairs(recipe, run_dir)
     cfg = TrainConfig(**{**recipe.train.model_dump(), "student": recipe.student, "pairs": pairs, "out": out,
+                         "max_steps": round_steps(recipe, 1),
                          "run_name": recipe.train.run_name or recipe.name})  # the tracker's run: the recipe's
-    console.print(f"[bold]train[/bold] {recipe.student} on {pairs_source(pairs)}")
+    if (run_dir / ROUNDS_DIR).exists():  # later rounds went on from the adapter this stage replaces
+        shutil.rmtree(run_dir / ROUNDS_DIR)
+    console.print(f"[bold]train[/bold] {recipe.student} on {pairs_source(pairs)}"
+                  + (f" (round 1 of {recipe.rounds.n})" if recipe.rounds.n > 1 else ""))
     train_in_child("dpo", cfg, resume=last_checkpoint(out / "checkpoints") is not None)
     return [out / "adapter" / "adapter_model.safetensors", out / "train.json", out / "train_log.jsonl"]
+
+
+def round_steps(recipe: Recipe, r: int) -> int | None:
+    """Round r's optimizer steps: rounds.max_steps[r - 1], else train.max_steps (train.epochs where unset)."""
+    steps = recipe.rounds.max_steps
+    return steps[r - 1] if steps else recipe.train.max_steps
+
+
+def run_rounds(recipe: Recipe, run_dir: Path) -> list[Path]:
+    """Rounds 2..n (rounds.n): the student with the previous round's adapter (a GGUF LoRA on its GGUF, through
+    llama.cpp) answers share r of the prompts as the generate stage answers them; those answers are paired as
+    the pair stage pairs them; DPO goes on from the previous round's adapter, which is also its reference.
+    Each round resumes: its answers by key, its training from its checkpoints; a finished round is kept."""
+    from lite_delta.generate import generate
+    from lite_delta.models.lora_gguf import export_adapter
+    from lite_delta.models.refs import resolve_model
+    from lite_delta.pairs import PairConfig, make_pairs
+    from lite_delta.train.launch import train_in_child
+    from lite_delta.train.stage import last_checkpoint
+
+    n, student_gguf = recipe.rounds.n, recipe.student_gguf_ref()
+    previous, outputs = run_dir / "train", []
+    for r in range(2, n + 1):
+        folder = round_dir(run_dir, r)
+        folder.mkdir(parents=True, exist_ok=True)
+        adapter = previous / "adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            raise LiteDeltaError(f"round {r}: no adapter in {adapter} from round {r - 1}: run the train stage first")
+        sampler = folder / "student-adapter.gguf"  # the student so far, as llama.cpp runs it
+        if not sampler.is_file():
+            export_adapter(adapter, resolve_model(student_gguf), sampler)
+        console.print(f"[bold]round {r} of {n}[/bold]: the student after round {r - 1} answers share {r} of the prompts")
+        generate(GenerateConfig(model=student_gguf, adapter=sampler, prompts=recipe.prompts,
+                                generation=recipe.generation, out=folder / "generate", share=(r, n)))
+        pairs = make_pairs(PairConfig(**recipe.pairing.model_dump(), samples=folder / "generate", out=folder / "pairs"))
+        _print_pair_summary(pairs)
+        if not json.loads((pairs / "stats.json").read_text())["pairs"]:
+            raise LiteDeltaError(f"round {r}: no pairs were formed from the student's answers (see "
+                                 f"{pairs / 'stats.json'}): lower pairing.min_margin or use fewer rounds")
+        out = folder / "train"
+        if not (out / "train.json").is_file():
+            cfg = TrainConfig(**{**recipe.train.model_dump(), "student": recipe.student, "pairs": pairs, "out": out,
+                                 "max_steps": round_steps(recipe, r), "init_adapter": adapter,
+                                 "run_name": f"{recipe.train.run_name or recipe.name}-round{r}"})
+            console.print(f"[bold]train[/bold] round {r} of {n}: on from {adapter}")
+            train_in_child("dpo", cfg, resume=last_checkpoint(out / "checkpoints") is not None,
+                           student_cache=run_dir / "train" / "student")
+        outputs += [pairs / "pairs.jsonl", out / "adapter" / "adapter_model.safetensors", out / "train.json"]
+        previous = out
+    return outputs
 
 
 def run_sft(recipe: Recipe, run_dir: Path) -> list[Path]:
@@ -428,8 +488,16 @@ def run_sft(recipe: Recipe, run_dir: Path) -> list[Path]:
     from lite_delta.train.sft import SUMMARY
 
     out = run_dir / "sft"
-    pairs = training_pairs(recipe, run_dir)
+    pairs, steps = training_pairs(recipe, run_dir), recipe.train.max_steps
+    if recipe.rounds.n > 1:  # every round's pairs, the steps of all rounds: what DPO saw, in one run
+        out.mkdir(parents=True, exist_ok=True)
+        files = [run_dir / "pairs"] + [round_dir(run_dir, r) / "pairs" for r in range(2, recipe.rounds.n + 1)]
+        pairs = out / "pairs-all-rounds.jsonl"
+        write_text(pairs, "".join((f / "pairs.jsonl").read_text(encoding="utf-8") for f in files))
+        per_round = [round_steps(recipe, r) for r in range(1, recipe.rounds.n + 1)]
+        steps = sum(per_round) if None not in per_round else None
     cfg = TrainConfig(**{**recipe.train.model_dump(), "student": recipe.student, "pairs": pairs, "out": out,
+                         "max_steps": steps,
                          "run_name": recipe.train.run_name or recipe.name})  # the tracker's run: the recipe's
     console.print(f"[bold]sft[/bold] contrast: {recipe.student} on the chosen answers of {pairs}")
     train_in_child("sft", cfg, student_cache=run_dir / "train" / "student")
@@ -482,7 +550,8 @@ def run_export(recipe: Recipe, run_dir: Path) -> list[Path]:
 
 
 def _trained_adapter(run_dir: Path, stage: str = "train") -> Path:
-    adapter = run_dir / stage / "adapter"
+    """The adapter a stage made; `train`: the run's DPO student (the last on-policy round's where it has rounds)."""
+    adapter = (trained_dir(run_dir) if stage == "train" else run_dir / stage) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise LiteDeltaError(f"no trained adapter in {adapter}: this stage needs the {stage} stage")
     return adapter
@@ -612,12 +681,14 @@ def run_report(recipe: Recipe, run_dir: Path) -> list[Path]:
 
 
 RUNNERS: dict[str, Callable[[Recipe, Path], list[Path]]] = {
-    "meter": run_meter, "generate": run_generate, "pair": run_pair, "train": run_train, "sft": run_sft,
+    "meter": run_meter, "generate": run_generate, "pair": run_pair, "train": run_train, "rounds": run_rounds,
+    "sft": run_sft,
     "convert": run_convert, "export": run_export, "evaluate": run_evaluate, "report": run_report,
 }
 OUTPUT_DIRS = {"meter": ["meter"], "generate": ["generate"], "pair": ["pairs"],
                "train": ["train/adapter", "train/checkpoints", "train/train_log.jsonl", "train/train.json",
-                         "train/split.json", "train/tensorboard"],
+                         "train/split.json", "train/tensorboard", ROUNDS_DIR],
+               "rounds": [ROUNDS_DIR],
                "sft": ["sft"], "convert": ["convert"], "export": ["export"], "evaluate": ["evaluate"], "report": []}
 
 

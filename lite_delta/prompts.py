@@ -118,6 +118,17 @@ def load_prompts(
     return prompts, stats
 
 
+def prompt_share(prompts: list[Prompt], r: int, n: int, seed: int = 0) -> list[Prompt]:
+    """Share ``r`` of ``n`` (1-based) of ``prompts``, in their order: the prompts ranked by a seeded hash of their
+    ids, every n-th from rank r - 1. The n shares are disjoint, make up the whole list, and differ in size by at
+    most one; the same prompts and seed give the same shares in every run (on-policy rounds)."""
+    if not 1 <= r <= n:
+        raise LiteDeltaError(f"prompt share {r} of {n}: need 1 <= r <= n")
+    rank = sorted(prompts, key=lambda p: hashlib.sha256(f"{seed}:{p.prompt_id}".encode()).hexdigest())
+    keep = {p.prompt_id for p in rank[r - 1::n]}
+    return [p for p in prompts if p.prompt_id in keep]
+
+
 # --- sources ------------------------------------------------------------------------------------
 # Each reader returns (label for messages, column names, cells) where cells(column) yields
 # (location such as "line 3" or "row 3", value) pairs, _MISSING where a row lacks the column.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lite_delta.config import Recipe
 from lite_delta.files import write_text
+from lite_delta.layout import ROUNDS_DIR, trained_dir
 
 PACKAGES = ("lite-delta", "torch", "transformers", "trl", "peft", "datasets", "llama-cpp-python", "unsloth",
             "bitsandbytes", "lm-eval")
@@ -119,7 +120,8 @@ def _loss_name(cfg: dict) -> str:
 
 
 def training_section(run_dir: Path, figures: Path) -> list[str]:
-    summary = _read_json(run_dir / "train" / "train.json")
+    train_dir = trained_dir(run_dir)
+    summary = _read_json(train_dir / "train.json")
     if not summary:
         return []
     cfg, last = summary["config"], summary.get("last_log") or {}
@@ -132,8 +134,8 @@ def training_section(run_dir: Path, figures: Path) -> list[str]:
              f"Last step: loss {_fmt(last.get('loss'), 3)}, margin {_fmt(last.get('rewards/margins'), 3)}, "
              f"accuracy {_fmt(last.get('rewards/accuracies'))}, chosen reward {_fmt(last.get('rewards/chosen'), 3)}, "
              f"rejected reward {_fmt(last.get('rewards/rejected'), 3)}.", ""]
-    lines += held_out_lines(summary) + probe_lines(summary)
-    if training_chart(run_dir / "train" / "train_log.jsonl", figures / "training.png"):
+    lines += rounds_lines(run_dir) + held_out_lines(summary) + probe_lines(summary)
+    if training_chart(train_dir / "train_log.jsonl", figures / "training.png"):
         lines += ["![training curves](figures/training.png)", ""]
     warnings = summary.get("health_warnings") or []
     lines += ["**Training health:** " + ("no warnings." if not warnings else ""), ""]
@@ -141,6 +143,34 @@ def training_section(run_dir: Path, figures: Path) -> list[str]:
     lines += ["", f"Chat template: from the {summary['chat_template']['source']} (sha256 "
                   f"{summary['chat_template']['sha256']}); one rendered pair: `train/rendered_pair.txt`.", ""]
     return lines
+
+
+def rounds_lines(run_dir: Path) -> list[str]:
+    """On-policy rounds (rounds.n): each round's pairs, how they were made, its steps and health; the figures
+    above are the last round's."""
+    rows = []
+    for r, folder in enumerate([run_dir] + sorted(
+            (p for p in (run_dir / ROUNDS_DIR).glob("r*") if p.name[1:].isdigit()), key=lambda p: int(p.name[1:])), 1):
+        stats, summary = _read_json(folder / "pairs" / "stats.json"), _read_json(folder / "train" / "train.json")
+        if not stats or not summary:
+            continue
+        s, last = stats["scorer"], summary.get("last_log") or {}
+        warnings = ", ".join(w["kind"] for w in summary.get("health_warnings") or []) or "quiet"
+        source = "the teachers' answers" if r == 1 else f"the student's own answers after round {r - 1}"
+        rows.append(f"| {r} | {source} | {stats['pairs']} | {_fmt(s.get('chosen_mean'))} / "
+                    f"{_fmt(s.get('rejected_mean'))} | {summary['steps']} | {_fmt(last.get('loss'), 3)} | {warnings} |")
+    if len(rows) < 2:
+        return []
+    return ["On-policy rounds (`rounds`): each later round's pairs are the student's own answers, sampled with the "
+            "adapter of the round before, and its training goes on from that adapter (its reference). The figures "
+            "above are the last round's.", "",
+            f"| round | pairs from | pairs | {_pair_scorer(run_dir)} chosen / rejected | steps | last-step loss | health |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def _pair_scorer(run_dir: Path) -> str:
+    stats = _read_json(run_dir / "pairs" / "stats.json") or {}
+    return stats.get("scorer", {}).get("name", "score")
 
 
 def probe_lines(summary: dict) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lite_delta.files import parse_json
+from lite_delta.layout import trained_dir
 
 RESULTS_SUFFIX = ".lite-delta-results"
 
@@ -74,7 +75,7 @@ def log_run_results(run_dir: Path, report_to: list[str]) -> Path | None:
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    summary = _read(run_dir / "train" / "train.json") or {}
+    summary = _read(trained_dir(run_dir) / "train.json") or {}
     step = int(summary.get("steps") or 0)
     for old in logdir.glob(f"*{RESULTS_SUFFIX}"):
         old.unlink()

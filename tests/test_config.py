@@ -151,3 +151,16 @@ def test_infinite_options_exit_2_before_anything_runs(option, tmp_path, capsys):
     assert info.value.code == 2 and "Traceback" not in err
     assert "finite number" in err or "greater than or equal to 0" in err  # nan fails the bound first
     assert not (tmp_path / "o").exists()
+
+
+def test_rounds_are_checked_where_the_recipe_is_read(tmp_path):
+    recipe = load_recipe(default_recipe_path(), ["rounds.n=2", "rounds.max_steps=[9, 7]"])
+    assert recipe.rounds.n == 2 and recipe.rounds.max_steps == [9, 7]
+    assert "rounds" not in load_recipe(default_recipe_path()).model_dump(mode="json")  # one round: as before
+    for sets, field in ((["rounds.n=2", "rounds.max_steps=[9]"], "rounds.max_steps"),
+                        (["rounds.n=2", "rounds.max_steps=[9, 0]"], "rounds.max_steps"),
+                        (["rounds.n=0"], "rounds.n"),
+                        (["rounds.n=2", "train.pairs=pairs.jsonl"], "rounds.n > 1"),
+                        (["rounds.n=2", "student=HuggingFaceTB/SmolLM2-135M-Instruct"], "GGUF")):
+        with pytest.raises(LiteDeltaError, match=field.replace(".", r"\.")):
+            load_recipe(default_recipe_path(), sets)

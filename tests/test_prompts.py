@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lite_delta.errors import LiteDeltaError
-from lite_delta.prompts import Prompt, load_prompts, prompt_id
+from lite_delta.prompts import Prompt, load_prompts, prompt_id, prompt_share
 
 
 def write_jsonl(path, rows):
@@ -374,3 +374,26 @@ def test_system_column_that_contradicts_the_conversation_names_the_row(tmp_path)
     rows = [{"messages": [{"role": "system", "content": "A"}, user("Hi")], "system": "B"}]
     with pytest.raises(LiteDeltaError, match="line 1: field 'system' differs from the conversation's own system"):
         load_prompts(write_jsonl(tmp_path / "s.jsonl", rows))
+
+
+# --- on-policy rounds: shares of the prompts ------------------------------------------------------
+
+
+def test_prompt_shares_are_disjoint_balanced_ordered_and_seeded():
+    prompts, _ = load_prompts("builtin:demo")
+    for n in (1, 2, 3, 7):
+        shares = [prompt_share(prompts, r, n, seed=0) for r in range(1, n + 1)]
+        ids = [p.prompt_id for share in shares for p in share]
+        assert len(ids) == len(set(ids)) == len(prompts)  # disjoint, and together all of them
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+        for share in shares:  # each in the prompts' own order
+            assert [p.index for p in share] == sorted(p.index for p in share)
+    first = prompt_share(prompts, 1, 2, seed=0)
+    assert prompt_share(prompts, 1, 2, seed=0) == first
+    assert prompt_share(prompts, 1, 2, seed=1) != first
+    assert first != prompts[: len(first)]  # a seeded draw, not the first half of the file
+    # a prompt's share does not depend on the order the source lists them in
+    assert {p.prompt_id for p in prompt_share(list(reversed(prompts)), 1, 2, seed=0)} == {p.prompt_id for p in first}
+    for r, n in ((0, 2), (3, 2)):
+        with pytest.raises(LiteDeltaError, match=f"share {r} of {n}"):
+            prompt_share(prompts, r, n)

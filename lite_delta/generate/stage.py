@@ -29,7 +29,7 @@ from lite_delta.completions import COMPLETIONS_FILE, CompletionStore, completion
 from lite_delta.models.derive import derive_gguf
 from lite_delta.models.refs import model_identity, resolve_model
 from lite_delta.progress import progress_bar
-from lite_delta.prompts import load_prompts
+from lite_delta.prompts import load_prompts, prompt_share
 
 MANIFEST_FILE = "generation.json"
 console = Console(stderr=True)
@@ -66,6 +66,9 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
         sample=cfg.prompts.sample,
         seed=cfg.prompts.seed,
     )
+    if cfg.share is not None:  # an on-policy round answers its own share of the prompts
+        prompts = prompt_share(prompts, *cfg.share, seed=cfg.prompts.seed)
+        prompt_stats = {**prompt_stats, "share": list(cfg.share), "selected": len(prompts)}
     path, derived = resolve_model(cfg.model), None
     if cfg.derive:  # a rejected teacher made from this GGUF: requantized once, cached (models/derive.py)
         path, derived = derive_gguf(cfg.model, cfg.derive)
@@ -73,6 +76,15 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
     model = GGUFModel(path, n_gpu_layers=g.n_gpu_layers, chat_template=cfg.chat_template,
                       chat_template_kwargs=g.chat_template_kwargs)
     identity = model_identity(path)
+    adapter = None
+    if cfg.adapter is not None:  # the student tuned so far: its answers are keyed by the adapter too
+        try:
+            adapter = model.load_adapter(cfg.adapter)
+        except LiteDeltaError:
+            model.close()
+            raise
+        identity = {**identity, "adapter": model_identity(cfg.adapter)}
+        model_label = f"{model_label} + {Path(cfg.adapter).name}"
     params = SamplingParams(
         temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, max_tokens=g.max_tokens, stop=tuple(g.stop)
     )
@@ -114,6 +126,7 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
         "model": model_label,
         "model_file": str(path),
         "model_identity": identity,
+        **({"adapter": str(cfg.adapter)} if cfg.adapter is not None else {}),
         **({"derived": derived} if derived else {}),
         "chat_template": model.chat_template,
         "system": g.system,
@@ -141,9 +154,9 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> Path:
         if todo:
             if g.engine == "batched":
                 engine = BatchedEngine(model, slots=g.parallel, n_ctx_per_seq=n_ctx_per_seq, n_threads=threads,
-                                       device_sampling=g.device_sampling)
+                                       device_sampling=g.device_sampling, adapter=adapter)
             else:
-                engine = SequentialEngine(model, n_ctx_per_seq=n_ctx_per_seq, n_threads=threads)
+                engine = SequentialEngine(model, n_ctx_per_seq=n_ctx_per_seq, n_threads=threads, adapter=adapter)
         with progress_bar(disable=not progress) as bar:
             task = bar.add_task(f"generate {path.name}", total=len(requests), completed=len(requests) - len(todo), rate="")
             for done in (engine.generate(todo, params) if engine else ()):

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from lite_delta.errors import LiteDeltaError
 from lite_delta.share.cards import dataset_card, model_card
 from lite_delta.share.run import RunFacts, is_hub_id, public, read_run
+from lite_delta.layout import trained_dir
 
 PARTS = ("adapter", "gguf", "merged", "pairs")
 # Repo names beside USER/NAME. A "-GGUF" repo with the quant in each file name is what Ollama and LM Studio
@@ -74,14 +75,14 @@ def repo_ids(repo: str) -> dict[str, str]:
 
 def available(run_dir: Path, facts: RunFacts) -> dict[str, str | None]:
     """Each part: None when the run has it, else why not."""
-    adapter = run_dir / "train" / "adapter"
+    adapter = trained_dir(run_dir) / "adapter"
     export = facts.export
     return {
         "adapter": None if (adapter / "adapter_config.json").is_file() else f"no {adapter}/adapter_config.json",
         "gguf": None if export.get("merged") or export.get("adapter") else
         f"no GGUF in {run_dir / 'export'} (the export stage writes it)",
-        "merged": None if (run_dir / "train" / "merged" / "config.json").is_file() else
-        f"no {run_dir / 'train' / 'merged'} (train.merge: true writes it)",
+        "merged": None if (trained_dir(run_dir) / "merged" / "config.json").is_file() else
+        f"no {trained_dir(run_dir) / 'merged'} (train.merge: true writes it)",
         "pairs": None if (run_dir / "pairs" / "pairs.jsonl").is_file() else f"no {run_dir / 'pairs' / 'pairs.jsonl'}",
     }
 
@@ -138,11 +139,11 @@ def _folder_files(folder: Path) -> tuple[list[tuple], list[tuple[Path, str]]]:
 
 
 def _adapter_files(run_dir: Path, facts: RunFacts, repo_id: str):
-    return _folder_files(run_dir / "train" / "adapter")
+    return _folder_files(trained_dir(run_dir) / "adapter")
 
 
 def _merged_files(run_dir: Path, facts: RunFacts, repo_id: str):
-    return _folder_files(run_dir / "train" / "merged")
+    return _folder_files(trained_dir(run_dir) / "merged")
 
 
 def _gguf_files(run_dir: Path, facts: RunFacts, repo_id: str):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lite_delta.config import HUB_ID_PATTERN, read_yaml
 from lite_delta.errors import LiteDeltaError
+from lite_delta.layout import trained_dir
 
 # Keys naming the model a GGUF holds, as llama.cpp's converters write them (gguf.Keys.General): its source
 # repo (general.source.huggingface.repository is what converters before gguf 0.10 wrote) and its own repo.
@@ -70,7 +71,7 @@ def read_run(run_dir: str | Path) -> RunFacts:
         run_dir=run_dir, name=recipe.get("name") or run_dir.name, recipe=recipe,
         recipe_path=manifest.get("recipe_path"), base_model=base_model, base_model_source=source,
         license=student_license(student_gguf, recipe.get("student"), base_model), export=export,
-        train=optional_json(run_dir / "train" / "train.json") or {},
+        train=optional_json(trained_dir(run_dir) / "train.json") or {},
         stats=optional_json(run_dir / "pairs" / "stats.json") or {}, generations=generations,
         suite=optional_json(run_dir / "evaluate" / "suite" / "compare" / "compare.json"),
         suite_metrics={task: r.get("primary") or r.get("settings", {}).get("metric", "score")

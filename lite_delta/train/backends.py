@@ -123,6 +123,11 @@ def load_peft(student: str, cfg: TrainConfig, precision: str, cuda: bool, *, qua
         )
         placement = {} if sharded else {"device_map": {"": device_index if cuda else "cpu"}}
         model = AutoModelForCausalLM.from_pretrained(student, quantization_config=quant, dtype=dtype, **placement)
+    if getattr(cfg, "init_adapter", None) is not None:  # a later round: on from the last round's adapter
+        from peft import PeftModel
+
+        # TRL keeps a frozen copy of it as the reference ("ref"), so DPO measures this round's change
+        return PeftModel.from_pretrained(model, str(cfg.init_adapter), is_trainable=True), None
     lora = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
         target_modules=cfg.lora_targets, task_type="CAUSAL_LM",

@@ -67,6 +67,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
 
     cuda = torch.cuda.is_available()
     backend = resolve_backend(cfg.backend, cuda)
+    if cfg.init_adapter is not None:
+        check_init_adapter(cfg.init_adapter)
+        if backend == "unsloth":  # its loader makes a new adapter; PEFT loads one to train on
+            log.warning("init_adapter: training goes on from %s with PEFT (Unsloth starts a new adapter)",
+                        cfg.init_adapter)
+            backend = "peft"
     if backend == "unsloth":
         import_unsloth()  # before anything imports trl, peft or transformers
     out = writable_dir(cfg.out, "--out", create=False)
@@ -200,6 +206,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         summary["merged"] = str(merge_adapter(student, adapter, out / "merged", precision))
     write_json(out / "train.json", summary)
     return out
+
+
+def check_init_adapter(folder: Path) -> None:
+    """A PEFT LoRA adapter folder to go on from: one line naming it otherwise, before any weights load."""
+    config = Path(folder) / "adapter_config.json"
+    if not config.is_file() or not (Path(folder) / "adapter_model.safetensors").is_file():
+        raise LiteDeltaError(f"init_adapter {folder}: not a PEFT adapter folder (adapter_config.json and "
+                             "adapter_model.safetensors): pass the adapter/ folder a train run wrote")
 
 
 def greedy_probe(cfg: TrainConfig, rows: list[dict], held_out: list[dict], tokenizer, out: Path, *, backend: str,

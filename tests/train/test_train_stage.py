@@ -250,3 +250,12 @@ def test_a_diverged_run_saves_no_adapter(setup, tmp_path, capsys):
     with pytest.raises(LiteDeltaError, match="training diverged: .* hold NaN or inf after step 2"):
         train(_cfg(setup, tmp_path / "run", learning_rate=1e30, max_steps=2), progress=False)
     assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_an_init_adapter_that_is_not_a_peft_folder_is_one_line_before_any_weights_load(setup, tmp_path):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "adapter_config.json").write_text("{}")  # no weights beside it
+    for folder in (tmp_path / "missing", tmp_path / "half"):
+        with pytest.raises(LiteDeltaError, match=f"init_adapter {re.escape(str(folder))}: not a PEFT adapter folder"):
+            train(_cfg(setup, tmp_path / "o", init_adapter=folder, max_steps=1), progress=False)
+        assert not (tmp_path / "o").exists()
