@@ -293,16 +293,25 @@ class RoundsConfig(Strict):
 
     n: int = Field(1, ge=1, le=8, description="training rounds; 1: the paper's single round on the teachers' pairs")
     max_steps: list[int] | None = Field(
-        None, description="optimizer steps of each round, one per round; unset: train.max_steps (or train.epochs) "
-        "in every round")
+        None, description="optimizer steps of each round, one per round (before `epochs`); unset: `epochs`, else "
+        "train.max_steps (or train.epochs) in every round; with n 1 neither is read (so `--set rounds.n=1` turns a "
+        "recipe's rounds off)")
+    epochs: list[float] | None = Field(
+        None, description="passes over each round's own pairs, one per round (0.6: stop at 60 % of a pass); the "
+        "rounds' pair counts differ from run to run, and a pass is what the design is about")
 
     @model_validator(mode="after")
     def _one_length_per_round(self) -> "RoundsConfig":
-        if self.max_steps is not None:
-            if len(self.max_steps) != self.n:
-                raise ValueError(f"max_steps has {len(self.max_steps)} entries for {self.n} rounds: give one per round")
-            if any(s < 1 for s in self.max_steps):
-                raise ValueError("max_steps: every round trains at least 1 step")
+        if self.n == 1:
+            return self
+        for name in ("max_steps", "epochs"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if len(values) != self.n:
+                raise ValueError(f"{name} has {len(values)} entries for {self.n} rounds: give one per round")
+            if any(not v > 0 for v in values):
+                raise ValueError(f"{name}: every round trains (each entry above 0)")
         return self
 
 
@@ -340,6 +349,10 @@ class Recipe(Strict):
             raise ValueError(f"{name!r} is not a folder name inside --runs-dir: use letters, digits, '_' or '-' too")
         return name
 
+    def rounds_n(self) -> int:
+        """The training rounds this recipe runs: rounds.n where it trains, else 1 (nothing to go on from)."""
+        return self.rounds.n if self.train else 1
+
     def student_gguf_ref(self) -> str | None:
         """The student as a GGUF llama.cpp loads: the student itself, or `student_gguf`."""
         s = self.student or ""
@@ -360,13 +373,13 @@ class Recipe(Strict):
                 raise ValueError("pairing.mode by_score needs generation.samples_per_prompt >= 2")
         if (self.train or self.evaluate) and not self.student:
             raise ValueError("train and evaluate need `student` (Hub id, model folder or GGUF reference)")
-        if self.rounds.n > 1:
-            if self.pairing.mode != "by_score" or not self.train or self.train.pairs:
+        if self.rounds.n > 1 and self.train:  # without training there are no rounds to run
+            if self.pairing.mode != "by_score" or self.train.pairs:
                 raise ValueError("rounds.n > 1: later rounds rank the student's own answers, so the recipe needs "
-                                 "pairing.mode by_score, a train section and no train.pairs")
+                                 "pairing.mode by_score and no train.pairs (or set rounds.n: 1)")
             if not self.student_gguf_ref():
                 raise ValueError("rounds.n > 1: the student answers through llama.cpp in later rounds: it must be a "
-                                 "GGUF reference, or set student_gguf")
+                                 "GGUF reference, or set student_gguf (or set rounds.n: 1)")
         if self.evaluate and self.evaluate.utility and self.pairing.mode != "by_score":
             raise ValueError("evaluate.utility measures the pairing scorer: it needs pairing.mode by_score")
         if self.evaluate and self.evaluate.utility and \

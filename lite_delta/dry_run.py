@@ -221,11 +221,17 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
         pairs_max *= recipe.pairing.pairs_per_prompt if recipe.pairing.mode == "by_score" and not own_pairs else 1
         steps = tr.max_steps or math.ceil(pairs_max / per_step * tr.epochs) if pairs_max else tr.max_steps
         if recipe.rounds.n > 1:  # the prompts split in n shares, one per round; steps as each round sets them
-            per_round = recipe.rounds.max_steps or [tr.max_steps] * recipe.rounds.n
+            r, share = recipe.rounds, math.ceil(pairs_max / recipe.rounds.n / per_step) if pairs_max else None
+            if r.max_steps:
+                per_round = list(r.max_steps)
+            elif r.epochs:  # each share holds about 1/n of the pairs
+                per_round = [math.ceil(share * e) if share else None for e in r.epochs]
+            else:
+                per_round = [tr.max_steps] * r.n
             steps = sum(per_round) if None not in per_round else steps
-            console.print(f"on-policy rounds: {recipe.rounds.n} (round r ≥ 2: the student after round r - 1 answers "
-                          f"share r of the prompts, and training goes on from its adapter); steps per round: "
-                          f"{', '.join(str(s or '1 epoch') for s in per_round)}")
+            console.print(f"on-policy rounds: {r.n} (round r ≥ 2: the student after round r - 1 answers share r of "
+                          f"the prompts, and training goes on from its adapter); steps per round, at most: "
+                          f"{', '.join(str(s or '?') for s in per_round)}")
         console.print(f"training: at most {pairs_max or '?'} pairs, {per_step} per step → "
                       f"{steps or '?'} optimizer steps" + (" (DPO, then the same for the SFT contrast)"
                                                            if recipe.contrast.sft else ""))

@@ -67,12 +67,12 @@ def stage_settings(recipe: Recipe) -> dict[str, dict | None]:
                   **{k: data[k] for k in ("teachers", "generation", "pairing", "prompts")}}
         if recipe.meter.enabled and generates else None,
         "generate": {**{k: data[k] for k in ("prompts", "teachers", "generation")},  # rounds: share 1 of the prompts
-                     **({"rounds": recipe.rounds.n} if recipe.rounds.n > 1 else {})} if generates else None,
+                     **({"rounds": recipe.rounds.n} if recipe.rounds_n() > 1 else {})} if generates else None,
         "pair": {"pairing": data["pairing"]} if generates else None,
         "train": {"student": data["student"], "train": data["train"],
-                  **({"round_1_steps": round_steps(recipe, 1)} if recipe.rounds.n > 1 else {})} if recipe.train else None,
+                  **({"round_1": round_length(recipe, 1)} if recipe.rounds_n() > 1 else {})} if recipe.train else None,
         "rounds": {k: data[k] for k in ("student", "student_gguf", "rounds", "prompts", "generation", "pairing", "train")}
-        if recipe.train and recipe.rounds.n > 1 else None,
+        if recipe.train and recipe.rounds_n() > 1 else None,
         "sft": {"student": data["student"], "train": data["train"], "contrast": data["contrast"]}
         if recipe.train and recipe.contrast.sft else None,
         "convert": {"student": data["student"], "student_convert": convert_settings(recipe)} if converts(recipe) else None,
@@ -335,7 +335,7 @@ def plan_stages(recipe: Recipe, manifest: Manifest, *, from_stage: str | None, u
 def _generate_one(recipe: Recipe, model: str | EndpointTeacher | DerivedTeacher, out: Path) -> Path:
     from lite_delta.generate import generate
 
-    share = (1, recipe.rounds.n) if recipe.rounds.n > 1 else None  # round 1's share; later rounds: run_rounds
+    share = (1, recipe.rounds_n()) if recipe.rounds_n() > 1 else None  # round 1's share; later rounds: run_rounds
     teacher = dict(endpoint=model) if isinstance(model, EndpointTeacher) else dict(model=model)
     if isinstance(model, DerivedTeacher):  # the chosen teacher's GGUF, requantized (models/derive.py)
         teacher = dict(model=derived_source(recipe), derive=model.derive)
@@ -422,20 +422,25 @@ def run_train(recipe: Recipe, run_dir: Path) -> list[Path]:
     out = run_dir / "train"
     pairs = training_pairs(recipe, run_dir)
     cfg = TrainConfig(**{**recipe.train.model_dump(), "student": recipe.student, "pairs": pairs, "out": out,
-                         "max_steps": round_steps(recipe, 1),
+                         **round_length(recipe, 1),
                          "run_name": recipe.train.run_name or recipe.name})  # the tracker's run: the recipe's
     if (run_dir / ROUNDS_DIR).exists():  # later rounds went on from the adapter this stage replaces
         shutil.rmtree(run_dir / ROUNDS_DIR)
     console.print(f"[bold]train[/bold] {recipe.student} on {pairs_source(pairs)}"
-                  + (f" (round 1 of {recipe.rounds.n})" if recipe.rounds.n > 1 else ""))
+                  + (f" (round 1 of {recipe.rounds.n})" if recipe.rounds_n() > 1 else ""))
     train_in_child("dpo", cfg, resume=last_checkpoint(out / "checkpoints") is not None)
     return [out / "adapter" / "adapter_model.safetensors", out / "train.json", out / "train_log.jsonl"]
 
 
-def round_steps(recipe: Recipe, r: int) -> int | None:
-    """Round r's optimizer steps: rounds.max_steps[r - 1], else train.max_steps (train.epochs where unset)."""
-    steps = recipe.rounds.max_steps
-    return steps[r - 1] if steps else recipe.train.max_steps
+def round_length(recipe: Recipe, r: int) -> dict:
+    """Round r's length as TrainConfig fields: rounds.max_steps[r - 1], else rounds.epochs[r - 1] passes over the
+    round's pairs, else the train section's max_steps / epochs."""
+    rounds = recipe.rounds
+    if recipe.rounds_n() > 1 and rounds.max_steps:
+        return {"max_steps": rounds.max_steps[r - 1]}
+    if recipe.rounds_n() > 1 and rounds.epochs:
+        return {"max_steps": None, "epochs": rounds.epochs[r - 1]}
+    return {"max_steps": recipe.train.max_steps, "epochs": recipe.train.epochs}
 
 
 def run_rounds(recipe: Recipe, run_dir: Path) -> list[Path]:
@@ -472,7 +477,7 @@ def run_rounds(recipe: Recipe, run_dir: Path) -> list[Path]:
         out = folder / "train"
         if not (out / "train.json").is_file():
             cfg = TrainConfig(**{**recipe.train.model_dump(), "student": recipe.student, "pairs": pairs, "out": out,
-                                 "max_steps": round_steps(recipe, r), "init_adapter": adapter,
+                                 **round_length(recipe, r), "init_adapter": adapter,
                                  "run_name": f"{recipe.train.run_name or recipe.name}-round{r}"})
             console.print(f"[bold]train[/bold] round {r} of {n}: on from {adapter}")
             train_in_child("dpo", cfg, resume=last_checkpoint(out / "checkpoints") is not None,
@@ -489,13 +494,13 @@ def run_sft(recipe: Recipe, run_dir: Path) -> list[Path]:
 
     out = run_dir / "sft"
     pairs, steps = training_pairs(recipe, run_dir), recipe.train.max_steps
-    if recipe.rounds.n > 1:  # every round's pairs, the steps of all rounds: what DPO saw, in one run
+    if recipe.rounds_n() > 1:  # every round's pairs, the steps of all rounds: what DPO saw, in one run
         out.mkdir(parents=True, exist_ok=True)
         files = [run_dir / "pairs"] + [round_dir(run_dir, r) / "pairs" for r in range(2, recipe.rounds.n + 1)]
         pairs = out / "pairs-all-rounds.jsonl"
         write_text(pairs, "".join((f / "pairs.jsonl").read_text(encoding="utf-8") for f in files))
-        per_round = [round_steps(recipe, r) for r in range(1, recipe.rounds.n + 1)]
-        steps = sum(per_round) if None not in per_round else None
+        steps = sum(json.loads((d / "train.json").read_text(encoding="utf-8"))["steps"]  # as each round trained
+                    for d in [run_dir / "train"] + [round_dir(run_dir, r) / "train" for r in range(2, recipe.rounds.n + 1)])
     cfg = TrainConfig(**{**recipe.train.model_dump(), "student": recipe.student, "pairs": pairs, "out": out,
                          "max_steps": steps,
                          "run_name": recipe.train.run_name or recipe.name})  # the tracker's run: the recipe's

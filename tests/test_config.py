@@ -156,9 +156,20 @@ def test_infinite_options_exit_2_before_anything_runs(option, tmp_path, capsys):
 def test_rounds_are_checked_where_the_recipe_is_read(tmp_path):
     recipe = load_recipe(default_recipe_path(), ["rounds.n=2", "rounds.max_steps=[9, 7]"])
     assert recipe.rounds.n == 2 and recipe.rounds.max_steps == [9, 7]
-    assert "rounds" not in load_recipe(default_recipe_path()).model_dump(mode="json")  # one round: as before
+    one = load_recipe(default_recipe_path(), ["rounds.n=1", "rounds.max_steps=null"])
+    assert "rounds" not in one.model_dump(mode="json")  # one round: recipes and stage keys as before rounds
+    assert load_recipe(default_recipe_path(), ["rounds.n=1", "rounds.max_steps=[9, 7]"]).rounds_n() == 1
+    from lite_delta.pipeline import round_length  # steps before epochs; the train section's without rounds
+
+    both = load_recipe(default_recipe_path(), ["rounds.n=2", "rounds.max_steps=[9, 7]", "rounds.epochs=[1.0, 0.6]"])
+    assert [round_length(both, r) for r in (1, 2)] == [{"max_steps": 9}, {"max_steps": 7}]
+    passes = load_recipe(default_recipe_path(), ["rounds.n=2", "rounds.max_steps=null", "rounds.epochs=[1.0, 0.6]"])
+    assert round_length(passes, 2) == {"max_steps": None, "epochs": 0.6}
+    assert round_length(one, 1) == {"max_steps": one.train.max_steps, "epochs": one.train.epochs}
     for sets, field in ((["rounds.n=2", "rounds.max_steps=[9]"], "rounds.max_steps"),
                         (["rounds.n=2", "rounds.max_steps=[9, 0]"], "rounds.max_steps"),
+                        (["rounds.n=2", "rounds.epochs=[1.0, 0.0]"], "rounds.epochs"),
+                        (["rounds.n=3", "rounds.epochs=[1.0, 0.6]"], "rounds.epochs"),
                         (["rounds.n=0"], "rounds.n"),
                         (["rounds.n=2", "train.pairs=pairs.jsonl"], "rounds.n > 1"),
                         (["rounds.n=2", "student=HuggingFaceTB/SmolLM2-135M-Instruct"], "GGUF")):

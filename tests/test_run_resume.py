@@ -16,8 +16,9 @@ SMOKE = ["prompts.n=3", "generation.samples_per_prompt=2", "generation.max_token
          "evaluate=null", "contrast.sft=false",
          # held-out pairs (1 of the 3 prompts) evaluated every 2 steps, and TensorBoard: resume keeps both
          "train.eval_fraction=0.3", "train.eval_steps=2", "train.report_to=tensorboard",
-         # an HF-folder student: its conversion to GGUF has its own end-to-end run (test_hf_student_run)
-         "student_convert.enabled=false"]
+         # an HF-folder student: its conversion to GGUF has its own end-to-end run (test_hf_student_run); on-policy
+         # rounds need the student's GGUF (tests/test_rounds_run.py runs them)
+         "student_convert.enabled=false", "rounds.n=1"]
 
 
 def command(runs: Path, student: str, *extra: str) -> list[str]:

@@ -174,6 +174,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if bad:
         raise LiteDeltaError(diverged_message(bad, trainer.state.global_step, cfg.learning_rate))
     adapter = out / "adapter"
+    if "ref" in getattr(trainer.model, "peft_config", {}):  # TRL's frozen copy of init_adapter: the reference,
+        trainer.model.delete_adapter("ref")                # not part of the student (nor of adapter/)
     if trainer.is_fsdp_enabled:  # FSDP's shards gathered into one adapter file (PEFT's FSDP-QLoRA recipe)
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(adapter))  # every process: ZeRO-3/FSDP gather the weights; only the main one writes

@@ -21,8 +21,9 @@ SMOKE = ["prompts.n=3", "generation.samples_per_prompt=2", "generation.max_token
          "train.grad_accum=1", "train.max_length=256", "train.warmup_ratio=0", "train.backend=unsloth",
          "contrast.sft=true", "evaluate.utility.prompts.n=2", "evaluate.utility.samples_per_prompt=2",
          "evaluate.utility.max_tokens=16", "evaluate.utility.engine=transformers",
-         # an HF-folder student: its conversion to GGUF has its own end-to-end run (test_hf_student_run)
-         "student_convert.enabled=false"]
+         # an HF-folder student: its conversion to GGUF has its own end-to-end run (test_hf_student_run); on-policy
+         # rounds need the student's GGUF (tests/test_rounds_run.py runs them)
+         "student_convert.enabled=false", "rounds.n=1"]
 
 # Methods of transformers' (and TRL's) classes whose code comes from Unsloth's files (its packages, or the
 # unsloth_compiled_cache it writes): what its patches leave behind (on a GPU it replaces the Llama/Qwen2
