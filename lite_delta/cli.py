@@ -29,12 +29,12 @@ def run(
     recipe: Optional[Path] = typer.Argument(None, help="recipe YAML; the offline demo when omitted"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="runs are written to RUNS_DIR/NAME"),
     from_stage: Optional[str] = typer.Option(None, "--from", help="rerun from this stage: meter, generate, pair, "
-                                             "train, sft, convert, export, evaluate, report"),
+                                             "train, rounds, sft, convert, export, evaluate, report"),
     until_stage: Optional[str] = typer.Option(None, "--until", help="stop after this stage"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (models, sizes, steps, VRAM, ETA) only"),
     overrides: list[str] = typer.Option([], "--set", help="override a recipe field: KEY=VALUE, e.g. train.max_steps=20"),
 ) -> None:
-    """Run a recipe end to end into runs/NAME: (meter ->) generate -> pair -> train -> (sft ->) (convert ->) export ->
+    """Run a recipe end to end into runs/NAME: (meter ->) generate -> pair -> train -> (rounds ->) (sft ->) (convert ->) export ->
     evaluate -> report.
 
     Finished stages are skipped, an interrupted one resumes, and a changed setting reruns its stage
