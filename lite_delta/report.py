@@ -157,8 +157,10 @@ def rounds_lines(run_dir: Path) -> list[str]:
         s, last = stats["scorer"], summary.get("last_log") or {}
         warnings = ", ".join(w["kind"] for w in summary.get("health_warnings") or []) or "quiet"
         source = "the teachers' answers" if r == 1 else f"the student's own answers after round {r - 1}"
+        kept = (summary.get("selected") or {}).get("step")  # select: probe / best_eval keep an earlier step
+        steps = f"{summary['steps']} (kept {kept})" if kept is not None and kept != summary["steps"] else summary["steps"]
         rows.append(f"| {r} | {source} | {stats['pairs']} | {_fmt(s.get('chosen_mean'))} / "
-                    f"{_fmt(s.get('rejected_mean'))} | {summary['steps']} | {_fmt(last.get('loss'), 3)} | {warnings} |")
+                    f"{_fmt(s.get('rejected_mean'))} | {steps} | {_fmt(last.get('loss'), 3)} | {warnings} |")
     if len(rows) < 2:
         return []
     return ["On-policy rounds (`rounds`): each later round's pairs are the student's own answers, sampled with the "
