@@ -28,7 +28,7 @@ from lite_delta.config import (ENDPOINT_PLACEMENT, TRACKING, DerivedTeacher, End
                                Recipe, TrainConfig, load_recipe)
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import FolderLock, parse_json, writable_dir, write_json, write_text
-from lite_delta.layout import ROUNDS_DIR, round_dir, trained_dir
+from lite_delta.layout import ROUNDS_DIR, round_folders, trained_dir
 
 console = Console(stderr=True)
 
@@ -457,8 +457,7 @@ def run_rounds(recipe: Recipe, run_dir: Path) -> list[Path]:
 
     n, student_gguf = recipe.rounds.n, recipe.student_gguf_ref()
     previous, outputs = run_dir / "train", []
-    for r in range(2, n + 1):
-        folder = round_dir(run_dir, r)
+    for r, folder in enumerate(round_folders(run_dir, n)[1:], 2):
         folder.mkdir(parents=True, exist_ok=True)
         adapter = previous / "adapter"
         if not (adapter / "adapter_config.json").is_file():
@@ -496,11 +495,11 @@ def run_sft(recipe: Recipe, run_dir: Path) -> list[Path]:
     pairs, steps = training_pairs(recipe, run_dir), recipe.train.max_steps
     if recipe.rounds_n() > 1:  # every round's pairs, the steps of all rounds: what DPO saw, in one run
         out.mkdir(parents=True, exist_ok=True)
-        files = [run_dir / "pairs"] + [round_dir(run_dir, r) / "pairs" for r in range(2, recipe.rounds.n + 1)]
+        folders = round_folders(run_dir, recipe.rounds.n)
         pairs = out / "pairs-all-rounds.jsonl"
-        write_text(pairs, "".join((f / "pairs.jsonl").read_text(encoding="utf-8") for f in files))
-        steps = sum(json.loads((d / "train.json").read_text(encoding="utf-8"))["steps"]  # as each round trained
-                    for d in [run_dir / "train"] + [round_dir(run_dir, r) / "train" for r in range(2, recipe.rounds.n + 1)])
+        write_text(pairs, "".join((f / "pairs" / "pairs.jsonl").read_text(encoding="utf-8") for f in folders))
+        steps = sum(json.loads((f / "train" / "train.json").read_text(encoding="utf-8"))["steps"]  # as each trained
+                    for f in folders)
     cfg = TrainConfig(**{**recipe.train.model_dump(), "student": recipe.student, "pairs": pairs, "out": out,
                          "max_steps": steps,
                          "run_name": recipe.train.run_name or recipe.name})  # the tracker's run: the recipe's

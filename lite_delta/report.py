@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lite_delta.config import Recipe
 from lite_delta.files import write_text
-from lite_delta.layout import ROUNDS_DIR, trained_dir
+from lite_delta.layout import round_folders, trained_dir
 
 PACKAGES = ("lite-delta", "torch", "transformers", "trl", "peft", "datasets", "llama-cpp-python", "unsloth",
             "bitsandbytes", "lm-eval")
@@ -149,8 +149,7 @@ def rounds_lines(run_dir: Path) -> list[str]:
     """On-policy rounds (rounds.n): each round's pairs, how they were made, its steps and health; the figures
     above are the last round's."""
     rows = []
-    for r, folder in enumerate([run_dir] + sorted(
-            (p for p in (run_dir / ROUNDS_DIR).glob("r*") if p.name[1:].isdigit()), key=lambda p: int(p.name[1:])), 1):
+    for r, folder in enumerate(round_folders(run_dir), 1):
         stats, summary = _read_json(folder / "pairs" / "stats.json"), _read_json(folder / "train" / "train.json")
         if not stats or not summary:
             continue

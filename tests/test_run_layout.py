@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lite_delta.layout import round_dir, trained_dir
+from lite_delta.layout import round_dir, round_folders, trained_dir
 
 
 def test_the_last_finished_round_holds_the_student(tmp_path):
@@ -39,3 +39,11 @@ def test_the_reports_rounds_table_reads_each_rounds_pairs_and_training(tmp_path)
     table = "\n".join(rounds_lines(tmp_path))
     assert "| 1 | the teachers' answers | 28 | 4.50 / 0.25 | 9 (kept 6) | 0.500 | greedy_broken |" in table
     assert "| 2 | the student's own answers after round 1 | 52 | 4.50 / 0.25 | 6 | 0.500 | quiet |" in table
+
+
+def test_round_folders_in_round_order(tmp_path):
+    assert round_folders(tmp_path) == [tmp_path]
+    assert round_folders(tmp_path, 3) == [tmp_path, tmp_path / "rounds" / "r2", tmp_path / "rounds" / "r3"]
+    for name in ("r10", "r2", "rx", "r1"):  # r1 is the run folder itself; rx is not a round
+        (tmp_path / "rounds" / name).mkdir(parents=True)
+    assert round_folders(tmp_path) == [tmp_path, tmp_path / "rounds" / "r2", tmp_path / "rounds" / "r10"]
