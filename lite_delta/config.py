@@ -209,6 +209,11 @@ class PairingConfig(Strict):
         False, exclude_if=lambda keep: not keep,
         description="keep a teacher's leading <think>...</think> block in chosen/rejected; false: the answer after it "
         "(counted in stats.json). Better: generation.chat_template_kwargs {enable_thinking: false}")
+    relevance_gate: float | None = Field(
+        None, ge=0, exclude_if=lambda gate: gate is None,
+        description="drop a pair whose chosen answer is less relevant to its prompt than the rejected one by more "
+        "than this (nats per token: the evaluation's relevance figure, under the student's GGUF through llama.cpp), "
+        "so DPO learns the utility's delta and not a move away from the prompt; null: no gate")
 
 
 class ExportConfig(Strict):
@@ -380,6 +385,9 @@ class Recipe(Strict):
             if not self.student_gguf_ref():
                 raise ValueError("rounds.n > 1: the student answers through llama.cpp in later rounds: it must be a "
                                  "GGUF reference, or set student_gguf (or set rounds.n: 1)")
+        if self.pairing.relevance_gate is not None and not self.student_gguf_ref():
+            raise ValueError("pairing.relevance_gate: the judge is the student through llama.cpp: it must be a GGUF "
+                             "reference, or set student_gguf (or set pairing.relevance_gate: null)")
         if self.evaluate and self.evaluate.utility and self.pairing.mode != "by_score":
             raise ValueError("evaluate.utility measures the pairing scorer: it needs pairing.mode by_score")
         if self.evaluate and self.evaluate.utility and \

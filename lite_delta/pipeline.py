@@ -404,13 +404,40 @@ def run_pair(recipe: Recipe, run_dir: Path) -> list[Path]:
     else:
         cfg = PairConfig(**pairing, samples=gen / "samples", out=run_dir / "pairs")
     console.print("[bold]pair[/bold]")
-    out = make_pairs(cfg)
+    out = make_pairs(cfg, relevance=pair_judge(recipe))
     _print_pair_summary(out)
     stats = json.loads((out / "stats.json").read_text())
     if not stats["pairs"]:
         raise LiteDeltaError(f"no pairs were formed (see {out / 'stats.json'}): lower pairing.min_margin, "
                              "allow truncated answers, or generate more samples")
     return [out / "pairs.jsonl", out / "stats.json"]
+
+
+def pair_judge(recipe: Recipe):
+    """pairing.relevance_gate's judge: the evaluation's relevance figure (evaluate/coherence.py) under the student's
+    GGUF through llama.cpp, with the evaluation's chat template variables; opened only when there is something to
+    judge. None without a gate."""
+    if recipe.pairing.relevance_gate is None:
+        return None
+
+    def judge(items: list[tuple[list[dict], str]]) -> list[float]:
+        from lite_delta.evaluate.coherence import relevance_scores
+        from lite_delta.evaluate.engines import LlamaCppEngine
+
+        console.print(f"[bold]pair[/bold] relevance gate {recipe.pairing.relevance_gate}: judging {len(items)} answers "
+                      "under the student")
+        engine = LlamaCppEngine(recipe.student_gguf_ref(), chat_template_kwargs=eval_template_kwargs(recipe))
+        try:
+            return relevance_scores(engine, items)
+        finally:
+            engine.close()
+    return judge
+
+
+def eval_template_kwargs(recipe: Recipe) -> dict | None:
+    """The student's chat template variables for evaluation: evaluate.chat_template_kwargs, unset: as trained."""
+    kwargs = recipe.evaluate.chat_template_kwargs if recipe.evaluate else None
+    return (recipe.train.chat_template_kwargs if recipe.train else {}) if kwargs is None else kwargs
 
 
 def run_train(recipe: Recipe, run_dir: Path) -> list[Path]:
@@ -468,7 +495,8 @@ def run_rounds(recipe: Recipe, run_dir: Path) -> list[Path]:
         console.print(f"[bold]round {r} of {n}[/bold]: the student after round {r - 1} answers share {r} of the prompts")
         generate(GenerateConfig(model=student_gguf, adapter=sampler, prompts=recipe.prompts,
                                 generation=recipe.generation, out=folder / "generate", share=(r, n)))
-        pairs = make_pairs(PairConfig(**recipe.pairing.model_dump(), samples=folder / "generate", out=folder / "pairs"))
+        pairs = make_pairs(PairConfig(**recipe.pairing.model_dump(), samples=folder / "generate", out=folder / "pairs"),
+                           relevance=pair_judge(recipe))
         _print_pair_summary(pairs)
         if not json.loads((pairs / "stats.json").read_text())["pairs"]:
             raise LiteDeltaError(f"round {r}: no pairs were formed from the student's answers (see "
@@ -585,8 +613,7 @@ def eval_student(recipe: Recipe, run_dir: Path, engine: str = "auto") -> tuple[s
 
 def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
     out = run_dir / "evaluate"
-    kwargs = recipe.evaluate.chat_template_kwargs  # the student's chat template variables; unset: as trained
-    kwargs = (recipe.train.chat_template_kwargs if recipe.train else {}) if kwargs is None else kwargs
+    kwargs = eval_template_kwargs(recipe)
     outputs = []
     if recipe.evaluate.utility:
         from lite_delta.evaluate.utility import compare_utility, side_by_side, utility_chart, utility_eval

@@ -5,6 +5,11 @@ Two ways to label a pair, neither with a judge:
   joined on (prompt_id, sample). Only mechanical filters apply.
 - ``by_score``: several samples of one model per prompt, ranked by a countable scorer (e.g. bold sections);
   the best is chosen and the worst rejected when they differ by at least ``min_margin``.
+
+Optionally a **relevance gate** (``relevance_gate``): a pair whose chosen answer is less relevant to its prompt
+than the rejected one by more than the gate (nats per token, the evaluation's relevance figure under the student)
+is dropped, so the delta DPO learns carries the utility and not a move away from the prompt. The caller gives the
+judge as a function; this module loads no model.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -62,6 +68,9 @@ class PairConfig(BaseModel):
     keep_thinking: bool = False
     """Keep a leading ``<think>...</think>`` block in the answers. False: pair (and score) the answer after it,
     counted as ``thinking_stripped`` in stats.json; a block never closed leaves an empty answer (dropped)."""
+    relevance_gate: float | None = Field(None, ge=0)
+    """Drop a pair whose chosen answer's relevance is below the rejected answer's by more than this (nats per
+    token; ``make_pairs``'s ``relevance`` judges it). None: no gate."""
     out: Path
     """Output dir: pairs.jsonl, dataset/ (HF dataset on disk) and stats.json."""
 
@@ -80,8 +89,15 @@ class PairConfig(BaseModel):
         return self
 
 
-def make_pairs(cfg: PairConfig) -> Path:
-    """Write ``pairs.jsonl``, ``dataset/`` and ``stats.json`` under ``cfg.out`` and return ``cfg.out``."""
+Relevance = Callable[[list[tuple[list[dict], str]]], list[float]]
+"""(prompt messages, answer) items -> each answer's relevance to its prompt (higher: more about the prompt)."""
+
+
+def make_pairs(cfg: PairConfig, relevance: Relevance | None = None) -> Path:
+    """Write ``pairs.jsonl``, ``dataset/`` and ``stats.json`` under ``cfg.out`` and return ``cfg.out``.
+    ``relevance`` judges the pairs where ``cfg.relevance_gate`` is set (and is needed then)."""
+    if cfg.relevance_gate is not None and relevance is None:
+        raise LiteDeltaError("pairing.relevance_gate: no relevance judge was given (the pipeline gives the student)")
     writable_dir(cfg.out, "--out", create=False)
     scorer = checked_scorer(get_scorer(cfg.scorer), cfg.scorer)
     filters = dict.fromkeys(FILTERS, 0)
@@ -95,12 +111,18 @@ def make_pairs(cfg: PairConfig) -> Path:
         pairs, candidates = _pair_by_score(_answers(_load(cfg.samples), cfg, stripped, "samples"), cfg, scorer, filters)
         inputs = {"samples": str(cfg.samples)}
 
+    gate = None
+    if cfg.relevance_gate is not None:
+        pairs, gate = gate_by_relevance(pairs, relevance, cfg.relevance_gate)
+        filters["relevance_gate"] = gate.pop("dropped")
     rows = [_row(c, r, scorer) for c, r in pairs]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / PAIRS_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     _save_dataset(rows, out / DATASET_DIR)
     stats = _stats(cfg, inputs, pairs, rows, candidates, filters)
+    if gate is not None:
+        stats["relevance"] = gate
     if any(stripped.values()):
         stats["thinking_stripped"] = stripped
         log.warning("%s answer(s) began with a <think> block: paired on the answer after it (pairing.keep_thinking "
@@ -110,6 +132,20 @@ def make_pairs(cfg: PairConfig) -> Path:
     if "warning" in stats:
         log.warning(stats["warning"])
     return out
+
+
+def gate_by_relevance(pairs: list[tuple[dict, dict]], relevance: Relevance, gate: float) -> tuple[list, dict]:
+    """Keep the pairs whose chosen answer is at most ``gate`` less relevant than the rejected one; with what the
+    gate saw: relevance means of both sides before and after it, and how many pairs it dropped."""
+    items = [(side["messages"], side["completion"]) for pair in pairs for side in pair]
+    scores = relevance(items) if items else []
+    chosen, rejected = scores[0::2], scores[1::2]
+    keep = [i for i in range(len(pairs)) if chosen[i] - rejected[i] >= -gate]
+    return [pairs[i] for i in keep], {
+        "gate": gate, "dropped": len(pairs) - len(keep),
+        "before": {"chosen_mean": _mean(chosen), "rejected_mean": _mean(rejected)},
+        "after": {"chosen_mean": _mean([chosen[i] for i in keep]), "rejected_mean": _mean([rejected[i] for i in keep])},
+    }
 
 
 # --- input -----------------------------------------------------------------------------------------
@@ -330,6 +366,7 @@ def _stats(cfg: PairConfig, inputs: dict, pairs: list, rows: list[dict], candida
             "allow_truncated": cfg.allow_truncated,
             "max_length": cfg.max_length,
             **({"keep_thinking": True} if cfg.keep_thinking else {}),
+            **({"relevance_gate": cfg.relevance_gate} if cfg.relevance_gate is not None else {}),
         },
         "chosen": _side_stats([c for c, _ in pairs]),
         "rejected": _side_stats([r for _, r in pairs]),

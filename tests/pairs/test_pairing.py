@@ -349,3 +349,51 @@ def test_by_score_pairs_per_prompt_takes_disjoint_pairs_while_the_margin_holds(t
     assert [(r["prompt_id"], r["chosen_score"]) for r in rows] == [("pid0", 5.0), ("pid1", 3.0)]
     # more pairs asked for than k // 2: stops at two for four samples
     assert len(read_pairs(by_score(tmp_path, samples, min_margin=0, pairs_per_prompt=5))) == 4
+
+
+def _gate_samples(tmp_path):
+    """Two prompts, two pairs each (by_score, sections): every answer names the relevance a stated judge gives it."""
+    def answer(sections, rel):
+        return "".join(f"**Section {i}**\ntext\n" for i in range(sections)) + f"rel={rel}"
+    rows = [record(0, answer(4, 0.5), sample=0), record(0, answer(3, 0.2), sample=1),
+            record(0, answer(0, 0.5), sample=2), record(0, answer(1, 0.25), sample=3),
+            record(1, answer(5, 0.1), sample=0), record(1, answer(0, 0.3), sample=1)]
+    return write(tmp_path / "samples", rows)
+
+
+def _stated_judge(seen):
+    def judge(items):
+        seen.extend(items)
+        return [float(answer.rsplit("rel=", 1)[1]) for _, answer in items]
+    return judge
+
+
+def test_the_relevance_gate_drops_pairs_whose_chosen_answer_is_less_relevant(tmp_path):
+    seen = []
+    cfg = PairConfig(mode="by_score", samples=_gate_samples(tmp_path), scorer="sections", pairs_per_prompt=2,
+                     relevance_gate=0.1, out=tmp_path / "pairs")
+    out = make_pairs(cfg, relevance=_stated_judge(seen))
+    pairs = read_pairs(out)
+    # prompt 0: 4 vs 0 sections (0.5 vs 0.5: kept), 3 vs 1 (0.2 vs 0.25: 0.05 less, within 0.1: kept);
+    # prompt 1: 5 vs 0 (0.1 vs 0.3: 0.2 less relevant: dropped)
+    assert [(p["prompt_id"], p["chosen_score"], p["rejected_score"]) for p in pairs] == [("pid0", 4, 0), ("pid0", 3, 1)]
+    assert len(seen) == 6 and all(messages[0]["content"].startswith("question") for messages, _ in seen)
+    stats = read_stats(out)
+    assert stats["pairs"] == 2 and stats["filters"]["relevance_gate"] == 1
+    assert stats["settings"]["relevance_gate"] == 0.1
+    assert stats["relevance"]["before"] == {"chosen_mean": pytest.approx(0.8 / 3), "rejected_mean": pytest.approx(1.05 / 3)}
+    assert stats["relevance"]["after"] == {"chosen_mean": pytest.approx(0.35), "rejected_mean": pytest.approx(0.375)}
+    strict = make_pairs(cfg.model_copy(update={"relevance_gate": 0.0, "out": tmp_path / "strict"}),
+                        relevance=_stated_judge([]))
+    assert [p["chosen_score"] for p in read_pairs(strict)] == [4]
+
+
+def test_no_gate_no_judge_and_a_gate_without_one_is_an_error(tmp_path):
+    samples = _gate_samples(tmp_path)
+    out = make_pairs(PairConfig(mode="by_score", samples=samples, scorer="sections", pairs_per_prompt=2,
+                                out=tmp_path / "pairs"), relevance=lambda items: pytest.fail("judged without a gate"))
+    stats = read_stats(out)
+    assert stats["pairs"] == 3 and "relevance_gate" not in stats["filters"] and "relevance" not in stats
+    with pytest.raises(LiteDeltaError, match="pairing.relevance_gate"):
+        make_pairs(PairConfig(mode="by_score", samples=samples, scorer="sections", relevance_gate=0.1,
+                              out=tmp_path / "gated"))
