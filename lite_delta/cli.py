@@ -124,9 +124,17 @@ def pair(
                                                          "(best-worst, 2nd best-2nd worst, ...)"),
     allow_truncated: bool = typer.Option(False, help="keep answers cut by max_tokens"),
     max_length: Optional[int] = typer.Option(2048, min=1, help="prompt+answer tokens per side"),
+    relevance_gate: Optional[float] = typer.Option(
+        None, "--relevance-gate", min=0.0, help="drop a pair whose chosen answer is less relevant to its prompt than "
+        "the rejected one by more than this (nats per token, under --judge)"),
+    judge: Optional[str] = typer.Option(None, "--judge", help="the relevance gate's judge: the student, a GGUF "
+                                        "(.gguf path, hf://... or pkg://...)"),
 ) -> None:
     """Form preference pairs: by model (chosen/rejected dirs) or by a scorer over samples."""
     from lite_delta.pairs import PairConfig, make_pairs
+
+    if (relevance_gate is None) != (judge is None):
+        raise LiteDeltaError("--relevance-gate and --judge go together: the gate needs the student's GGUF as judge")
 
     mode = "by_score" if samples is not None else "by_model"
     cfg = _validated(
@@ -140,9 +148,15 @@ def pair(
         pairs_per_prompt=pairs_per_prompt,
         allow_truncated=allow_truncated,
         max_length=max_length,
+        relevance_gate=relevance_gate,
         out=out,
     )
-    path = make_pairs(cfg)
+    relevance = None
+    if judge is not None:
+        from lite_delta.evaluate.coherence import relevance_judge
+
+        relevance = relevance_judge(judge)
+    path = make_pairs(cfg, relevance=relevance)
     console.print(f"[green]done[/green]: {path / 'pairs.jsonl'}")
 
 

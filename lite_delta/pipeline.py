@@ -415,23 +415,13 @@ def run_pair(recipe: Recipe, run_dir: Path) -> list[Path]:
 
 def pair_judge(recipe: Recipe):
     """pairing.relevance_gate's judge: the evaluation's relevance figure (evaluate/coherence.py) under the student's
-    GGUF through llama.cpp, with the evaluation's chat template variables; opened only when there is something to
-    judge. None without a gate."""
+    GGUF through llama.cpp, with the evaluation's chat template variables. None without a gate."""
     if recipe.pairing.relevance_gate is None:
         return None
+    from lite_delta.evaluate.coherence import relevance_judge
 
-    def judge(items: list[tuple[list[dict], str]]) -> list[float]:
-        from lite_delta.evaluate.coherence import relevance_scores
-        from lite_delta.evaluate.engines import LlamaCppEngine
-
-        console.print(f"[bold]pair[/bold] relevance gate {recipe.pairing.relevance_gate}: judging {len(items)} answers "
-                      "under the student")
-        engine = LlamaCppEngine(recipe.student_gguf_ref(), chat_template_kwargs=eval_template_kwargs(recipe))
-        try:
-            return relevance_scores(engine, items)
-        finally:
-            engine.close()
-    return judge
+    console.print(f"[bold]pair[/bold] relevance gate {recipe.pairing.relevance_gate}: the student judges each pair")
+    return relevance_judge(recipe.student_gguf_ref(), eval_template_kwargs(recipe))
 
 
 def eval_template_kwargs(recipe: Recipe) -> dict | None:

@@ -81,6 +81,20 @@ def relevance_scores(engine, items: list[tuple[list[dict], str]], *, progress: b
     return [g - e for g, e in zip(given, empty)]
 
 
+def relevance_judge(model: str, chat_template_kwargs: dict | None = None, *, progress: bool = True):
+    """`relevance_scores` under `model` (a GGUF reference) through llama.cpp, as a function of (messages, answer)
+    items: the pair stage's relevance gate. The model is opened for each call and closed after it."""
+    def judge(items: list[tuple[list[dict], str]]) -> list[float]:
+        from lite_delta.evaluate.engines import LlamaCppEngine
+
+        engine = LlamaCppEngine(model, chat_template_kwargs=chat_template_kwargs)
+        try:
+            return relevance_scores(engine, items, progress=progress)
+        finally:
+            engine.close()
+    return judge
+
+
 def _digest(samples: dict[str, dict]) -> str:
     import hashlib
 

@@ -59,3 +59,18 @@ def test_without_a_gate_there_is_no_judge_and_the_gate_needs_a_gguf_student(smol
     with pytest.raises((LiteDeltaError, ValueError), match="pairing.relevance_gate"):
         load_recipe(default_recipe_path(), ["student=HuggingFaceTB/SmolLM2-135M-Instruct", "pairing.relevance_gate=0.1",
                                             "export.enabled=false", "rounds.n=1"])
+
+
+def test_the_pair_command_gates_with_its_judge_and_wants_both_flags(smollm2_gguf, tmp_path, capsys):
+    from lite_delta.cli import main
+
+    samples = _samples(tmp_path / "samples", [(PLANTS, [ENGINES, PLANTS_PROSE]), (GROCERIES, [GROCERY_LIST, VAGUE])])
+    common = ["pair", "--samples", str(samples), "--scorer", "list_items", "--min-margin", "2"]
+    with pytest.raises(SystemExit) as info:
+        main(common + ["--out", str(tmp_path / "half"), "--relevance-gate", "0.1"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--judge" in err and "Traceback" not in err
+    assert not (tmp_path / "half").exists()
+    main(common + ["--out", str(tmp_path / "pairs"), "--relevance-gate", "0.1", "--judge", str(smollm2_gguf)])
+    stats = json.loads((tmp_path / "pairs" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["pairs"] == 1 and stats["filters"]["relevance_gate"] == 1
