@@ -192,6 +192,9 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
         console.print(f"prompts: {n if n is not None else '?'} ({how}); answers to generate: {answers or '?'} "
                       f"of up to {g.max_tokens} tokens")
         facts.update(prompts=n, answers=answers)
+        if recipe.pairing.relevance_gate is not None:
+            console.print(f"pairing: relevance gate {recipe.pairing.relevance_gate}: the student "
+                          f"({recipe.student_gguf_ref()}) judges both answers of every pair before it is kept")
 
     eta = {}
     gen_tokens = answers * g.max_tokens

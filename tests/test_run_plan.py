@@ -136,6 +136,11 @@ def test_dry_run_of_the_demo_counts_prompts_and_estimates(tmp_path, capsys):
     assert "prompts: 88 (counted)" in out and "answers to generate: 352" in out
     assert "at most 176 pairs" in out and "SFT contrast" in out and "sft ~" in out
     assert "VRAM (planner" in out and "rough ETA" in out
+    assert "relevance gate" not in out
+    main(["run", "--runs-dir", str(tmp_path), "--dry-run", *sum((["--set", o] for o in FULL), []),
+          "--set", "pairing.relevance_gate=0.1"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "relevance gate 0.1: the student" in out and "judges both answers of every pair" in out
 
 
 def _student_folder(path, model_type: str):
