@@ -72,7 +72,10 @@ def run_one(build: str, seed: int, runs_dir: Path, recipe: str | None, extra: li
 
 
 def collect(run_dir: Path, build: str, seed: int, wall: float | None) -> dict:
+    from lite_delta.layout import round_folders
     from lite_delta.report import greedy_breaks
+
+    read_json = lambda path: json.loads(path.read_text(encoding="utf-8"))  # noqa: E731
 
     read = lambda rel: json.loads((run_dir / rel).read_text(encoding="utf-8"))  # noqa: E731
     manifest, stats, summary = read("manifest.json"), read("pairs/stats.json"), read("evaluate/utility/summary.json")
@@ -95,7 +98,11 @@ def collect(run_dir: Path, build: str, seed: int, wall: float | None) -> dict:
         "coherent": summary.get("coherent"),
         # the report's greedy quick check (tuned, merged) that the coherence rule calls degenerate: a "met" needs none
         "quick_check_degenerate": greedy_breaks(run_dir),
-        "health_warnings": [w["kind"] for w in (read("train/train.json").get("health_warnings") or [])],
+        # every round's training health (round r >= 2 named: "round 2: both_down"); one round: train/'s
+        "health_warnings": [f"round {r}: {w['kind']}" if r > 1 else w["kind"]
+                            for r, folder in enumerate(round_folders(run_dir), 1)
+                            if (folder / "train" / "train.json").is_file()
+                            for w in read_json(folder / "train" / "train.json").get("health_warnings") or []],
         "stage_seconds": {name: rec.get("seconds") for name, rec in manifest["stages"].items()},
         "wall_seconds_this_call": round(wall, 1) if wall is not None else None,
     }
