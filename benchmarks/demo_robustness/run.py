@@ -75,9 +75,7 @@ def collect(run_dir: Path, build: str, seed: int, wall: float | None) -> dict:
     from lite_delta.layout import round_folders
     from lite_delta.report import greedy_breaks
 
-    read_json = lambda path: json.loads(path.read_text(encoding="utf-8"))  # noqa: E731
-
-    read = lambda rel: json.loads((run_dir / rel).read_text(encoding="utf-8"))  # noqa: E731
+    read = lambda rel: json.loads((run_dir / rel).read_text(encoding="utf-8"))  # noqa: E731 (an absolute path too)
     manifest, stats, summary = read("manifest.json"), read("pairs/stats.json"), read("evaluate/utility/summary.json")
     bars = summary["bars"]
     return {
@@ -102,7 +100,7 @@ def collect(run_dir: Path, build: str, seed: int, wall: float | None) -> dict:
         "health_warnings": [f"round {r}: {w['kind']}" if r > 1 else w["kind"]
                             for r, folder in enumerate(round_folders(run_dir), 1)
                             if (folder / "train" / "train.json").is_file()
-                            for w in read_json(folder / "train" / "train.json").get("health_warnings") or []],
+                            for w in read(folder / "train" / "train.json").get("health_warnings") or []],
         "stage_seconds": {name: rec.get("seconds") for name, rec in manifest["stages"].items()},
         "wall_seconds_this_call": round(wall, 1) if wall is not None else None,
     }
