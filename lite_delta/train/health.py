@@ -24,12 +24,13 @@ SATURATED_BEFORE = 0.6  # ... reached before this share of the steps: the rest o
 RUNAWAY_MARGIN_NATS = 40.0  # chosen vs rejected moved this many nats apart per pair: far past telling them apart
 PLUNGE_NATS = 30.0  # the rejected answers fell this many nats below the reference ...
 PLUNGE_RATIO = 2.0  # ... more than this many times as far as the chosen ones rose
+CHOSEN_SUNK_NATS = 5.0  # the chosen answers this many nats less likely than under the reference: DPO lowers both
 
 
 @dataclass(frozen=True)
 class HealthWarning:
     kind: str  # stuck | both_down | not_finite | collapsed | saturated | runaway_margin | rejected_plunge |
-    # held_out_parted | held_out_gap | greedy_broken
+    # chosen_sunk | held_out_parted | held_out_gap | greedy_broken
     step: int
     message: str
 
@@ -126,6 +127,11 @@ def _overtraining(records: list[dict], *, loss_type, beta: float | None, total_s
                                   f"reference while the chosen ones {'rose' if chosen > 0 else 'moved'} "
                                   f"{chosen / beta:+.0f}: the model is learning to avoid the rejected answers' "
                                   f"tokens more than to write the chosen ones. {OVERTRAINED_ADVICE}")
+    if chosen is not None and chosen / beta < -CHOSEN_SUNK_NATS:
+        yield "chosen_sunk", (f"step {step}: the chosen answers are {-chosen / beta:.0f} nats less likely than under "
+                              f"the reference (reward {chosen:+.0f} at beta {beta:g}) while DPO is meant to raise "
+                              f"them: both sides are being pushed down, and the margin between them (now "
+                              f"{(margin or 0.0) / beta:.0f} nats) hides it. {OVERTRAINED_ADVICE}")
 
 
 # Held-out pairs (train.eval_fraction): the training pairs and the held-out ones parting is memorising.

@@ -128,3 +128,33 @@ def test_over_training_rules_and_their_edges():
                                           rejected=flat(-300.0))
     one_spike[-1]["step"] = 10
     assert over(one_spike) == [], "the mean of the last 3 steps, not one noisy batch"
+
+
+def figures(chosen, rejected, accuracy, loss):
+    return [{"step": i + 1, "loss": loss[i], "rewards/accuracies": accuracy[i], "rewards/chosen": c,
+             "rewards/rejected": rejected[i], "rewards/margins": c - rejected[i]} for i, c in enumerate(chosen)]
+
+
+# Two second rounds of the demo (rounds.n 2, beta 5), step by step. The first broke its student (held-out answers
+# 11 % degenerate, relevance -0.29 below the base): margins stayed small and erratic, so no rule above saw it, but
+# the chosen answers sank ~7.5 nats per answer below the reference. The second stayed coherent: -3.3 nats.
+SUNK = figures(chosen=[0.0, 0.0, 1.9, 1.4, -33.7, -3.8, -45.2, -35.1, -31.0, -46.1],
+               rejected=[0.0, 0.0, -3.5, -11.9, -18.8, -35.9, -39.1, -67.9, -47.3, -57.9],
+               accuracy=[0.0, 0.0, 1.0, 1.0, 0.25, 0.75, 0.75, 1.0, 0.75, 0.75],
+               loss=[0.693, 0.693, 0.655, 0.62, 0.668, 0.563, 0.629, 0.578, 0.618, 0.5])
+AFLOAT = figures(chosen=[0.0, 0.0, -2.3, -14.0, -10.2, -13.5, -25.3],
+                 rejected=[0.0, 0.0, -7.4, -20.9, -25.7, -32.4, -34.2],
+                 accuracy=[0.0, 0.25, 0.75, 0.5, 0.75, 0.5, 0.667],
+                 loss=[0.693, 0.693, 0.674, 0.671, 0.637, 0.627, 0.663])
+
+
+def test_chosen_answers_sunk_below_the_reference():
+    raised = all_kinds(SUNK, total_steps=10)
+    assert raised == ["chosen_sunk"], raised
+    (w,) = [w for w in check(SUNK, loss_type="sigmoid_norm", warmup_steps=1, steps_per_epoch=16, beta=5.0,
+                             total_steps=10) if w.kind == "chosen_sunk"]
+    assert w.step == 10 and "7 nats less likely" in w.message and "max_steps" in w.message
+    assert all_kinds(SUNK, total_steps=10, beta=10.0) == [], "reward / beta: at beta 10 the same rewards are 3.7 nats"
+    assert all_kinds(AFLOAT, total_steps=7) == ["both_down"]
+    assert all_kinds(SUNK[:6], total_steps=10) == [], "the mean of the last 3 steps: one bad batch is not enough"
+    assert all_kinds(SUNK[:7], total_steps=10) == ["chosen_sunk"], "seen at step 7 of 10"
