@@ -137,7 +137,7 @@ def figures(chosen, rejected, accuracy, loss):
 
 # Two second rounds of the demo (rounds.n 2, beta 5), step by step. The first broke its student (held-out answers
 # 11 % degenerate, relevance -0.29 below the base): margins stayed small and erratic, so no rule above saw it, but
-# the chosen answers sank ~7.5 nats per answer below the reference. The second stayed coherent: -3.3 nats.
+# the chosen answers sank ~7.5 nats per answer below the reference. The second kept its sampled answers coherent: -3.3.
 SUNK = figures(chosen=[0.0, 0.0, 1.9, 1.4, -33.7, -3.8, -45.2, -35.1, -31.0, -46.1],
                rejected=[0.0, 0.0, -3.5, -11.9, -18.8, -35.9, -39.1, -67.9, -47.3, -57.9],
                accuracy=[0.0, 0.0, 1.0, 1.0, 0.25, 0.75, 0.75, 1.0, 0.75, 0.75],
