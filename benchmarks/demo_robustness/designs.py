@@ -5,7 +5,11 @@ a change to the training settings does not touch. This trains only the DPO stude
 run's own pairs and converted student, and measures it the way the run's evaluate stage did: the same held-out
 prompts, sampling seeds and scorer through llama.cpp; degenerate share and relevance beside the run's base
 answers, paired CIs; and, beyond the report, greedy answers to every held-out prompt (the report's quick check
-answers one), scored by the same degenerate rule, for the base and each design. About 5 minutes per design.
+answers one), scored by the same degenerate rule, for the base and each design; and the report's own quick check:
+the adapter exported as the run's export stage does (GGUF LoRA, merged and quantized) and the run's quick-check
+prompt answered greedily by base + adapter and by the merged model, so a design's verdict is the report's (met:
+past the chosen answers, both coherence bounds held, and neither quick-check answer degenerate). About 5 minutes
+per design.
 
     python benchmarks/demo_robustness/designs.py runs/demo \\
         --design default: --design beta25+nll:beta=25,loss=[sigmoid_norm,sft] --out .bench/designs
@@ -69,6 +73,22 @@ def greedy(ucfg, scorer: str, student: str, adapter: Path | None, out: Path, cac
                             "opening": first["completion"][:120]}}
 
 
+def quick_check(run: Path, recipe, folder: Path) -> dict:
+    """The report's quick check for this design: the export stage's files and greedy answers (tuned: base GGUF +
+    GGUF LoRA; merged: the adapter folded in and quantized), the run's quick-check prompt, the report's rule."""
+    from lite_delta.models.export import export
+    from lite_delta.report import greedy_breaks
+
+    exported = folder / "export" / "export.json"
+    if not exported.is_file():
+        prompt = _read(run / "export" / "export.json")["sample"]["prompt"]
+        export(folder / "train" / "adapter", recipe.student, folder / "export", quant=recipe.export.quant,
+               merge=recipe.export.merge, prompt=prompt, name=folder.name)
+    sample = _read(exported)["sample"]
+    return {"prompt": sample["prompt"], "breaks": greedy_breaks(folder),
+            "openings": {k: sample[k][:160] for k in ("tuned", "merged") if isinstance(sample.get(k), str)}}
+
+
 def run_design(run: Path, recipe, name: str, overrides: dict, out: Path, pairs: Path) -> dict:
     from lite_delta.config import TrainConfig
     from lite_delta.evaluate.coherence import coherence_eval, per_prompt
@@ -124,6 +144,7 @@ def run_design(run: Path, recipe, name: str, overrides: dict, out: Path, pairs: 
         "relevance_minus_base": c["relevance_minus_base"]["tuned"],
         "coherent": summary["coherent"], "target_met": summary["target_met"],
         "greedy": greedy(ucfg, recipe.pairing.scorer, student, folder / "train" / "adapter", folder / "greedy", cache),
+        "quick_check": quick_check(run, recipe, folder),
         "train_seconds": _read(folder / "train" / "train.json").get("seconds"),  # the training loop, as the run logs it
     }
 
@@ -133,10 +154,25 @@ def _opening(check: dict) -> str:
     return f"`{text}…`" + (f" ({check['degenerate']})" if check["degenerate"] else "")
 
 
+def _report_check(row: dict) -> str:
+    check = row.get("quick_check")
+    if not check:
+        return "–"  # a row from before the export step
+    return ", ".join(check["breaks"]).replace("|", "\\|") or "intact"
+
+
+def _met(row: dict) -> str:
+    check = row.get("quick_check")
+    if not check:
+        return "–"
+    return "yes" if row["target_met"] and row["coherent"] and not check["breaks"] else "**no**"
+
+
 def table(rows: list[dict], base_greedy: dict) -> str:
     head = ("| design | pairs | DPO | DPO − chosen [95% CI] | degenerate | relevance − base [95% CI] | coherent "
             "| past chosen and coherent, sampled "
-            "| greedy degenerate | quick-check prompt, greedy | last-step margin (nats/pair) | health |")
+            "| greedy degenerate | quick-check prompt, greedy | report's quick check (tuned, merged) | met, as the report "
+            "| last-step margin (nats/pair) | health |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     ci = lambda x: f"{x['diff']:+.2f} [{x['ci95'][0]:+.2f}, {x['ci95'][1]:+.2f}]"  # noqa: E731
     for r in rows:
@@ -144,7 +180,7 @@ def table(rows: list[dict], base_greedy: dict) -> str:
         lines.append(f"| {r['design']} | {r['pairs']} | {r['bars']['tuned']:.2f} | {ci(r['tuned_minus_chosen'])} | "
                      f"{r['degenerate']:.2f} | {ci(r['relevance_minus_base'])} | {'yes' if r['coherent'] else '**no**'} | "
                      f"{'yes' if r['target_met'] and r['coherent'] else '**no**'} | {g['degenerate']}/{g['n']} | "
-                     f"{_opening(g['quick_check'])} | "
+                     f"{_opening(g['quick_check'])} | {_report_check(r)} | {_met(r)} | "
                      f"{r['last_margin_nats']:.0f} | {', '.join(r['health_warnings']) or 'quiet'} |")
     lines.append(f"\nbase student: greedy degenerate {base_greedy['degenerate']}/{base_greedy['n']}; "
                  f"utility base {rows[0]['bars']['base']:.2f}, chosen {rows[0]['bars']['chosen']:.2f}" if rows else "")
@@ -185,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         if not row or (row["overrides"], row["run"], row["pairs_from"]) != (overrides, str(run), str(pairs)):
             print(f"== {name} {overrides}", flush=True)
             row = run_design(run, recipe, name, overrides, args.out, pairs)
+            path.write_text(json.dumps(row, indent=2) + "\n")
+        elif "quick_check" not in row:  # a row from before the export step: its trained adapter is there
+            row["quick_check"] = quick_check(run, recipe, args.out / name)
             path.write_text(json.dumps(row, indent=2) + "\n")
         rows.append(row)
         print(table([row], base_greedy).splitlines()[2], flush=True)
