@@ -129,6 +129,9 @@ def pair(
         "the rejected one by more than this (nats per token, under --judge)"),
     judge: Optional[str] = typer.Option(None, "--judge", help="the relevance gate's judge: the student, a GGUF "
                                         "(.gguf path, hf://... or pkg://...)"),
+    contrast: Optional[str] = typer.Option(
+        None, "--contrast", help="add a contrast pair per prompt, its best chosen answer against a degenerate copy: "
+        "comma-separated forms of loop, repeat, headings"),
 ) -> None:
     """Form preference pairs: by model (chosen/rejected dirs) or by a scorer over samples."""
     from lite_delta.pairs import PairConfig, make_pairs
@@ -149,6 +152,7 @@ def pair(
         allow_truncated=allow_truncated,
         max_length=max_length,
         relevance_gate=relevance_gate,
+        contrast=[kind.strip() for kind in contrast.split(",") if kind.strip()] if contrast else [],
         out=out,
     )
     relevance = None

@@ -214,6 +214,11 @@ class PairingConfig(Strict):
         description="drop a pair whose chosen answer is less relevant to its prompt than the rejected one by more "
         "than this (nats per token: the evaluation's relevance figure, under the student's GGUF through llama.cpp), "
         "so DPO learns the utility's delta and not a move away from the prompt; null: no gate")
+    contrast: list[Literal["loop", "repeat", "headings"]] = Field(
+        default_factory=list, exclude_if=lambda kinds: not kinds,
+        description="add one contrast pair per prompt: its best chosen answer against a degenerate copy of itself "
+        "(loop: `1.1.1.1` lines after the first marker; repeat: the first item again; headings: bare titles), the "
+        "forms a list-trained student breaks into (pairs/contrast.py); []: none")
 
 
 class ExportConfig(Strict):

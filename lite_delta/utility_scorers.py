@@ -53,14 +53,21 @@ def real_words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
-def _list_lines(text: str) -> list[str]:
+def list_lines(text: str) -> list[str]:
+    """The lines of `text` that are Markdown list items (bullet or numbered; thematic breaks are not)."""
     return [line for line in _lines(text) if _LIST_ITEM.match(line) and not _HORIZONTAL_RULE.match(line)]
+
+
+def list_marker_of(line: str) -> str:
+    """The list marker at the start of a list line, with the blanks after it (``"1. "``, ``"  - "``); "" if none."""
+    match = _LIST_MARKER.match(line)
+    return match.group(0) if match else ""
 
 
 def list_marker_count(text: str) -> float:
     """Lines that are Markdown bullet or numbered list items (indented ones included), content or not:
     ``1.`` followed by ``**1.1.1**`` counts. The demo's utility before ``list_items``; kept by name."""
-    return float(len(_list_lines(text)))
+    return float(len(list_lines(text)))
 
 
 def list_item_count(text: str) -> float:
@@ -73,7 +80,7 @@ def list_item_count(text: str) -> float:
     """
     seen: set[tuple[str, ...]] = set()
     count = 0
-    for line in _list_lines(text):
+    for line in list_lines(text):
         words = tuple(w.lower() for w in real_words(_LIST_MARKER.sub("", line, count=1)))
         if len(words) >= ITEM_MIN_WORDS and words not in seen:
             seen.add(words)

@@ -10,6 +10,9 @@ Optionally a **relevance gate** (``relevance_gate``): a pair whose chosen answer
 than the rejected one by more than the gate (nats per token, the evaluation's relevance figure under the student)
 is dropped, so the delta DPO learns carries the utility and not a move away from the prompt. The caller gives the
 judge as a function; this module loads no model.
+
+Optionally **contrast pairs** (``contrast``, ``contrast.py``): a prompt's best chosen answer against a degenerate
+copy of itself, placed after that prompt's first sampled pair; ``stats.json`` counts them apart.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import writable_dir, write_text
 from lite_delta.completions import read_completions, split_thinking
+from lite_delta.pairs.contrast import with_contrast
 from lite_delta.utility_scorers import SCORERS, Scorer, checked_scorer, get_scorer
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,9 @@ class PairConfig(BaseModel):
     relevance_gate: float | None = Field(None, ge=0)
     """Drop a pair whose chosen answer's relevance is below the rejected answer's by more than this (nats per
     token; ``make_pairs``'s ``relevance`` judges it). None: no gate."""
+    contrast: list[Literal["loop", "repeat", "headings"]] = Field(default_factory=list)
+    """Add a contrast pair per prompt: its best chosen answer against a degenerate copy of itself in one of these
+    forms (``contrast.py``), after that prompt's first sampled pair. Empty: none."""
     out: Path
     """Output dir: pairs.jsonl, dataset/ (HF dataset on disk) and stats.json."""
 
@@ -116,11 +123,17 @@ def make_pairs(cfg: PairConfig, relevance: Relevance | None = None) -> Path:
         pairs, gate = gate_by_relevance(pairs, relevance, cfg.relevance_gate)
         filters["relevance_gate"] = gate.pop("dropped")
     rows = [_row(c, r, scorer) for c, r in pairs]
+    sampled = rows
+    if cfg.contrast:
+        rows, kinds = with_contrast(rows, cfg.contrast, scorer)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / PAIRS_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     _save_dataset(rows, out / DATASET_DIR)
-    stats = _stats(cfg, inputs, pairs, rows, candidates, filters)
+    stats = _stats(cfg, inputs, pairs, sampled, candidates, filters)
+    if cfg.contrast:  # the figures above are the sampled pairs'; pairs.jsonl holds both
+        stats["pairs"] = len(rows)
+        stats["contrast"] = {"pairs": len(rows) - len(sampled), "kinds": kinds}
     if gate is not None:
         stats["relevance"] = gate
     if any(stripped.values()):
@@ -367,6 +380,7 @@ def _stats(cfg: PairConfig, inputs: dict, pairs: list, rows: list[dict], candida
             "max_length": cfg.max_length,
             **({"keep_thinking": True} if cfg.keep_thinking else {}),
             **({"relevance_gate": cfg.relevance_gate} if cfg.relevance_gate is not None else {}),
+            **({"contrast": list(cfg.contrast)} if cfg.contrast else {}),
         },
         "chosen": _side_stats([c for c, _ in pairs]),
         "rejected": _side_stats([r for _, r in pairs]),
