@@ -140,6 +140,12 @@ def training_section(run_dir: Path, figures: Path) -> list[str]:
     warnings = summary.get("health_warnings") or []
     lines += ["**Training health:** " + ("no warnings." if not warnings else ""), ""]
     lines += [f"- {w['message']}" for w in warnings]
+    if summary.get("contrast_pairs"):
+        lines += ["", f"{summary['contrast_pairs']} of the {summary['pairs']['rows']} "
+                      "training pairs are contrast pairs (a chosen answer against a degenerate copy of itself), whose "
+                      "rejected side is meant to fall far: the reward rules (runaway margin, rejected plunge, chosen "
+                      "sunk, both down) read batch means over both kinds and are not applied; the greedy probe "
+                      "(train.probe_prompts) and the coherence figures watch for a break."]
     lines += ["", f"Chat template: from the {summary['chat_template']['source']} (sha256 "
                   f"{summary['chat_template']['sha256']}); one rendered pair: `train/rendered_pair.txt`.", ""]
     return lines

@@ -28,8 +28,9 @@ class StepLog(TrainerCallback):
     Across processes every one keeps the (already gathered) records; only the main one (`main`) writes and warns."""
 
     def __init__(self, path: Path, *, loss_type: str | list[str], main: bool = True, beta: float | None = None,
-                 probe=None, probe_steps: int | None = None, stop_on_probe: bool = False):
+                 probe=None, probe_steps: int | None = None, stop_on_probe: bool = False, contrast: bool = False):
         self.path = path
+        self.contrast = contrast  # the pairs hold contrast pairs: health's reward rules are not read
         self.loss_type = loss_type
         self.beta = beta
         self.main = main
@@ -98,7 +99,7 @@ class StepLog(TrainerCallback):
         self.records.append(record)
         new = check(self.records, loss_type=self.loss_type, warmup_steps=self.warmup_steps,
                     steps_per_epoch=self.steps_per_epoch, already={w.kind for w in self.warnings},
-                    beta=self.beta, total_steps=self.total_steps)
+                    beta=self.beta, total_steps=self.total_steps, contrast=self.contrast)
         if self.probed is not None:  # run at this step's end, just before its log
             record["probe_degenerate"] = self.probed["degenerate"]
             new += check_probe(self.probed, self.probe.reference, already={w.kind for w in self.warnings})

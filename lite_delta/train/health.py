@@ -39,13 +39,19 @@ def _finite(record: dict) -> bool:
     return all(math.isfinite(v) for k, v in record.items() if k != "step" and isinstance(v, float))
 
 
+REWARD_RULES = ("both_down", "runaway_margin", "rejected_plunge", "chosen_sunk")
+
+
 def check(records: list[dict], *, loss_type: str | list[str], warmup_steps: int, steps_per_epoch: int,
           already: set[str] = frozenset(), beta: float | None = None,
-          total_steps: int | None = None) -> list[HealthWarning]:
+          total_steps: int | None = None, contrast: bool = False) -> list[HealthWarning]:
     """New warnings for the log so far; kinds in `already` were raised before and are not repeated.
 
     `beta` (DPO's) turns the logged rewards into nats for the over-training rules; `total_steps` lets them
-    tell "separated early, with most of the run still to come" from "separated at the end"."""
+    tell "separated early, with most of the run still to come" from "separated at the end". With `contrast`
+    (the pairs hold contrast pairs, pairs/contrast.py) the ``REWARD_RULES`` are not read: the logged rewards are
+    batch means over both kinds of pair, and a contrast pair's degenerate rejected answer is meant to fall far
+    below the reference (the rules fired on a design whose answers stayed intact: README)."""
     found: list[HealthWarning] = []
     if not records:
         return found
@@ -68,7 +74,8 @@ def check(records: list[dict], *, loss_type: str | list[str], warmup_steps: int,
             add("stuck", f"step {step}: the loss has sat at 0.693 (ln 2) for {STUCK_STEPS} steps after warm-up: "
                          "nothing is being learned. Check the learning rate (LoRA wants ~1e-5 to 1e-4, far above "
                          "full fine-tuning's) and that chosen and rejected really differ (pairs/stats.json)")
-    if len(records) >= FALLING_STEPS and all("rewards/chosen" in r and "rewards/margins" in r for r in records):
+    if not contrast and len(records) >= FALLING_STEPS and all("rewards/chosen" in r and "rewards/margins" in r
+                                                              for r in records):
         window = records[-FALLING_STEPS:]
         chosen = [r["rewards/chosen"] for r in window]
         margins = [r["rewards/margins"] for r in window]
@@ -77,7 +84,8 @@ def check(records: list[dict], *, loss_type: str | list[str], warmup_steps: int,
                              "while the margin rises: both answers are being pushed down, which the paper saw hurt. "
                              "Lower the learning rate or beta, and check that chosen answers are not cut off "
                              "(truncated share in pairs/stats.json)")
-    for kind, message in _overtraining(records, loss_type=loss_type, beta=beta, total_steps=total_steps):
+    for kind, message in _overtraining(records, loss_type=loss_type, beta=None if contrast else beta,
+                                       total_steps=total_steps):
         add(kind, message)
     if "loss" in last and last["loss"] < COLLAPSE_LOSS and step <= steps_per_epoch:
         add("collapsed", f"step {step}: the loss is ~0 within the first epoch: the pairs are too easy or degenerate "

@@ -173,6 +173,18 @@ def describe_degenerate(counts: dict) -> str:
     return ", ".join(f"{kind.replace('_', ' ')} {counts.get(kind, 0)}" for kind in DEGENERATE)
 
 
+def strip_contrast(rows: list[dict]) -> tuple[list[dict], int]:
+    """The rows as DPO trains on them (without the pair stage's ``contrast`` mark) and how many were contrast
+    pairs: a chosen answer against a degenerate copy of itself (pairs/contrast.py)."""
+    return [{k: v for k, v in row.items() if k != "contrast"} for row in rows], sum("contrast" in row for row in rows)
+
+
+def sampled_pairs(rows: list[dict]) -> list[dict]:
+    """The rows that are not contrast pairs: the SFT contrast learns from these chosen answers (a contrast pair's
+    chosen answer is another pair's, so with them it would see those answers twice)."""
+    return [row for row in rows if "contrast" not in row]
+
+
 def pairs_stats(rows: list[dict], source: str | Path | None = None) -> dict:
     """Counts worth printing before training: DPO on weak pairs easily learns 'longer is better'; with
     ``source`` (the pairs reference), also where they came from (``pairs_provenance``)."""
@@ -304,7 +316,9 @@ def _normalize(row: object, where: str) -> dict:
     prompt = _with_system(prompt, row.get("system"), where)
     if not any(m["role"] == "user" for m in prompt):
         raise LiteDeltaError(f"{where}: field `prompt` has no user message; add the user's question to it")
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    contrast = row.get("contrast")  # a contrast pair of the pair stage (pairs/contrast.py): its form
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected,
+            **({"contrast": contrast} if isinstance(contrast, str) and contrast else {})}
 
 
 def _messages(value: object, field: str, where: str) -> list[dict]:

@@ -5,7 +5,8 @@ level, while DPO on the pairs pushes past both. This trains the contrast with th
 and budget: the same pairs after the same filters (so the same chosen answers, in the same number of
 rows), the same LoRA rank, alpha and targets, learning rate, schedule, batch size, steps or epochs and
 seed. Each chosen answer is seen as often as in DPO; SFT does not see the rejected answers — that is the
-difference being measured. Loss on the answer tokens only (TRL's prompt-completion format).
+difference being measured. Contrast pairs (a chosen answer against a degenerate copy of itself, pairs/contrast.py)
+are left out: their chosen answers are other pairs' chosen answers again, and what they add is on the rejected side. Loss on the answer tokens only (TRL's prompt-completion format).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from lite_delta.train.backends import (
     resolve_backend,
     resolve_quantization,
 )
-from lite_delta.train.pairs_io import drop_control_text, drop_degenerate, load_pairs, pairs_source, special_texts
+from lite_delta.train.pairs_io import (drop_control_text, drop_degenerate, load_pairs, pairs_source, sampled_pairs,
+                                       special_texts)
 from lite_delta.train.sequences import check_sequences, end_token_ids, fit_prompts, template_for, with_template_kwargs
 from lite_delta.train.split import split_by_prompt
 from lite_delta.train.stage import held_out_summary, run_summary
@@ -62,7 +64,8 @@ def train_sft(cfg: TrainConfig, *, progress: bool = True, student_cache: Path | 
     if backend == "unsloth":
         import_unsloth()
     out = writable_dir(cfg.out, "--out", create=False)
-    rows, degenerate = drop_degenerate(load_pairs(cfg.pairs), pairs_source(cfg.pairs))  # DPO's filters, same rows
+    # DPO's filters, same rows; not the contrast pairs, whose chosen answers are other pairs' again
+    rows, degenerate = drop_degenerate(sampled_pairs(load_pairs(cfg.pairs)), pairs_source(cfg.pairs))
     rows = with_template_kwargs(rows, cfg.chat_template_kwargs)
     capability, device = device_capability()
     precision = resolve_precision(cfg.precision, capability, device)

@@ -32,7 +32,7 @@ from lite_delta.train.backends import (
     trainable_dtypes,
 )
 from lite_delta.train.pairs_io import (describe_degenerate, drop_control_text, drop_degenerate, load_pairs, pairs_source,
-                                      pairs_stats, special_texts)
+                                       pairs_stats, special_texts, strip_contrast)
 from lite_delta.train.sequences import (
     check_sequences,
     end_token_ids,
@@ -80,6 +80,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if not resume and last_checkpoint(checkpoints):
         raise LiteDeltaError(f"{out} already has checkpoints: pass --resume to continue, or use a new --out")
     rows, degenerate = drop_degenerate(load_pairs(cfg.pairs), pairs_source(cfg.pairs))  # before any weights load
+    rows, contrast = strip_contrast(rows)
     rows = with_template_kwargs(rows, cfg.chat_template_kwargs)  # TRL renders each row with them
     capability, device = device_capability()
     precision = resolve_precision(cfg.precision, capability, device)
@@ -147,7 +148,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     probe = greedy_probe(cfg, rows, held_out, tokenizer, out, backend=backend, distributed=distributed,
                          end_ids=end_token_ids(tokenizer, student)) if main else None
     step_log = StepLog(out / STEP_LOG, loss_type=cfg.loss, main=main, beta=cfg.beta, probe=probe,
-                       probe_steps=cfg.probe_steps, stop_on_probe=cfg.select == "probe")
+                       probe_steps=cfg.probe_steps, stop_on_probe=cfg.select == "probe", contrast=contrast > 0)
     bar = ProgressBar(step_log, console) if progress else None
     callbacks = [step_log] + ([bar] if bar else [])
     # With a PEFT model and no ref_model, TRL's reference is the student with the adapter disabled.
@@ -188,6 +189,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         **run_summary(cfg, student=student, backend=backend, device=device, precision=precision, template=template,
                       template_source=template_source, rows=rows, truncated=truncated, dropped=dropped, budget=budget,
                       degenerate=degenerate, quantization=quantization, model=trainer.model),
+        **({"contrast_pairs": contrast} if contrast else {}),
         "steps": trainer.state.global_step,
         "processes": args.world_size,
         "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size,

@@ -158,3 +158,30 @@ def test_chosen_answers_sunk_below_the_reference():
     assert all_kinds(AFLOAT, total_steps=7) == ["both_down"]
     assert all_kinds(SUNK[:6], total_steps=10) == [], "the mean of the last 3 steps: one bad batch is not enough"
     assert all_kinds(SUNK[:7], total_steps=10) == ["chosen_sunk"], "seen at step 7 of 10"
+
+
+# The demo with contrast pairs (pairs.contrast: 63 sampled + 47 contrast pairs, 24 steps, lr 1.2e-3, beta 5; native
+# seed 0 on a 2-core Xeon, 2026-12-06): its students stayed coherent (held-out answers 1 % degenerate, relevance
+# -0.06 from the base, a real list in the greedy quick check), yet its batch means look like a collapse, because a
+# contrast pair's degenerate copy is meant to fall far below the reference.
+CONTRAST_RUN = figures(
+    chosen=[0.0, 0.0, 9.1, 19.1, 32.6, 22.3, -28.4, -26.4, 21.5, -20.8, 4.3, 30.4, -35.2, -105.0, -68.3, -46.8, -54.0,
+            -15.8, -236.3, -152.9, -206.4, -220.6, -160.6, -205.2],
+    rejected=[-0.0, 0.0, 5.1, -15.5, -6.1, -270.6, -47.4, -66.7, -84.7, -563.2, -152.3, -527.3, -682.2, -1289.7,
+              -407.9, -948.2, -1107.9, -1042.8, -617.9, -1026.6, -1122.8, -578.9, -579.0, -554.3],
+    accuracy=[0.25, 0.25, 0.75, 0.75, 1.0, 0.75, 0.75, 0.75, 1.0, 0.75, 0.75, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0,
+              1.0, 0.75, 1.0, 1.0, 0.75],
+    loss=[0.693, 0.693, 0.674, 0.6, 0.56, 0.368, 0.618, 0.555, 0.291, 0.254, 0.445, 0.23, 0.104, 0.205, 0.217, 0.132,
+          0.056, 0.159, 0.141, 0.087, 0.316, 0.057, 0.108, 0.315])
+
+
+def test_contrast_pairs_turn_the_reward_rules_off_and_leave_the_others():
+    from lite_delta.train.health import REWARD_RULES
+
+    plain = set(all_kinds(CONTRAST_RUN, total_steps=24))
+    assert {"runaway_margin", "rejected_plunge", "chosen_sunk"} <= plain <= set(REWARD_RULES) | {"saturated"}, plain
+    assert not set(all_kinds(CONTRAST_RUN, total_steps=24, contrast=True)) & set(REWARD_RULES)
+    # the rules that do not read rewards still see a run that is stuck, saturated early or not finite
+    assert "saturated" in all_kinds(COLLAPSING, contrast=True)
+    assert kinds(log([LN2] * 7), contrast=True) == ["stuck"]
+    assert kinds(log([0.69, 0.5, math.nan]), contrast=True) == ["not_finite"]
