@@ -93,15 +93,20 @@ def training_chart(log_path: Path, path: Path) -> bool:
     return True
 
 
-def _pairs_section(run_dir: Path) -> list[str]:
+def pairs_section(run_dir: Path) -> list[str]:
     stats = _read_json(run_dir / "pairs" / "stats.json")
     if not stats:
         return []
     s = stats["scorer"]
     dropped = ", ".join(f"{k} {v}" for k, v in stats["filters"].items() if v) or "none"
     lines = ["## Pairs", "",
-             f"{stats['pairs']} pairs from {stats['candidates']} candidates ({stats['mode']}); filtered out: {dropped}.", "",
-             "| | chosen | rejected |", "|---|---|---|"]
+             f"{stats['pairs']} pairs from {stats['candidates']} candidates ({stats['mode']}); filtered out: {dropped}.", ""]
+    contrast = stats.get("contrast")
+    if contrast:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in contrast["kinds"].items())
+        lines += [f"{contrast['pairs']} of them are contrast pairs, a chosen answer against a degenerate copy of "
+                  f"itself ({kinds}); the table is the {stats['pairs'] - contrast['pairs']} sampled pairs'.", ""]
+    lines += ["| | chosen | rejected |", "|---|---|---|"]
     for side_key, label in (("completion_tokens", "answer tokens (mean)"), ("chars", "answer characters (mean)")):
         lines.append(f"| {label} | {_fmt(stats['chosen'][side_key].get('mean'), 1)} | "
                      f"{_fmt(stats['rejected'][side_key].get('mean'), 1)} |")
@@ -141,7 +146,7 @@ def training_section(run_dir: Path, figures: Path) -> list[str]:
     lines += ["**Training health:** " + ("no warnings." if not warnings else ""), ""]
     lines += [f"- {w['message']}" for w in warnings]
     if summary.get("contrast_pairs"):
-        lines += ["", f"{summary['contrast_pairs']} of the {summary['pairs']['rows']} "
+        lines += ([""] if warnings else []) + [f"{summary['contrast_pairs']} of the {summary['pairs']['rows']} "
                       "training pairs are contrast pairs (a chosen answer against a degenerate copy of itself), whose "
                       "rejected side is meant to fall far: the reward rules (runaway margin, rejected plunge, chosen "
                       "sunk, both down) read batch means over both kinds and are not applied; the greedy probe "
@@ -396,7 +401,7 @@ def write_report(recipe: Recipe, run_dir: Path) -> list[Path]:
     lines += _suite_section(run_dir)
     lines += _export_section(run_dir)
     lines += _meter_section(run_dir)
-    lines += _pairs_section(run_dir)
+    lines += pairs_section(run_dir)
     lines += training_section(run_dir, figures)
     lines += _sft_section(run_dir) if recipe.contrast.sft else []
     lines += _stages_section(run_dir)

@@ -107,3 +107,16 @@ def test_training_reads_the_contrast_mark_and_sft_leaves_those_pairs_out(tmp_pat
     (tmp_path / "own.jsonl").write_text(json.dumps({**{k: rows[0][k] for k in ("prompt", "chosen", "rejected")},
                                                     "contrast": 0.5}) + "\n", encoding="utf-8")
     assert "contrast" not in load_pairs(tmp_path / "own.jsonl")[0]
+
+
+def test_the_report_counts_contrast_pairs_apart(tmp_path):
+    from lite_delta.report import pairs_section
+
+    samples = _samples(tmp_path)
+    make_pairs(PairConfig(mode="by_score", samples=samples, scorer="list_items", min_margin=1,
+                          pairs_per_prompt=2, contrast=list(KINDS), out=tmp_path / "run" / "pairs"))
+    section = "\n".join(pairs_section(tmp_path / "run"))
+    assert "4 pairs from" in section and "1 of them are contrast pairs" in section and "the 3 sampled pairs'" in section
+    make_pairs(PairConfig(mode="by_score", samples=samples, scorer="list_items", min_margin=1,
+                          pairs_per_prompt=2, out=tmp_path / "plain" / "pairs"))
+    assert "contrast" not in "\n".join(pairs_section(tmp_path / "plain"))
