@@ -195,6 +195,9 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
         if recipe.pairing.relevance_gate is not None:
             console.print(f"pairing: relevance gate {recipe.pairing.relevance_gate}: the student "
                           f"({recipe.student_gguf_ref()}) judges both answers of every pair before it is kept")
+        if recipe.pairing.contrast:
+            console.print(f"pairing: one contrast pair per prompt ({', '.join(recipe.pairing.contrast)}): its best "
+                          "chosen answer against a broken copy of itself; training health's reward rules are off")
 
     eta = {}
     gen_tokens = answers * g.max_tokens
@@ -222,6 +225,7 @@ def print_plan(recipe: Recipe, plans, run_dir: Path, console: Console | None = N
         per_step = tr.batch_size * tr.grad_accum * tr.num_processes  # the global batch
         steps = tr.max_steps or math.ceil(pairs_max / per_step * tr.epochs) if pairs_max else tr.max_steps
         pairs_max *= recipe.pairing.pairs_per_prompt if recipe.pairing.mode == "by_score" and not own_pairs else 1
+        pairs_max += (n or 0) if recipe.pairing.contrast and not own_pairs else 0  # one contrast pair per prompt
         steps = tr.max_steps or math.ceil(pairs_max / per_step * tr.epochs) if pairs_max else tr.max_steps
         if recipe.rounds.n > 1:  # the prompts split in n shares, one per round; steps as each round sets them
             r, share = recipe.rounds, math.ceil(pairs_max / recipe.rounds.n / per_step) if pairs_max else None

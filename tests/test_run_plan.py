@@ -141,6 +141,10 @@ def test_dry_run_of_the_demo_counts_prompts_and_estimates(tmp_path, capsys):
           "--set", "pairing.relevance_gate=0.1"])
     out = " ".join(capsys.readouterr().out.split())
     assert "relevance gate 0.1: the student" in out and "judges both answers of every pair" in out
+    main(["run", "--runs-dir", str(tmp_path), "--dry-run", *sum((["--set", o] for o in FULL), []),
+          "--set", "pairing.contrast=[loop,repeat,headings]"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "one contrast pair per prompt (loop, repeat, headings)" in out and "at most 264 pairs" in out
 
 
 def _student_folder(path, model_type: str):
