@@ -101,3 +101,25 @@ def training_section_for(out, run_dir):
     for name in ("train.json", "train_log.jsonl"):
         (run_dir / "train" / name).write_text((out / name).read_text())
     return training_section(run_dir, run_dir / "figures")
+
+
+def test_contrast_pairs_train_with_the_reward_rules_off_and_the_report_says_so(smollm2_student, tmp_path):
+    from lite_delta.pairs.contrast import KINDS, contrast_row
+    from lite_delta.utility_scorers import list_item_count
+
+    # each pair and, after it, a contrast pair: its chosen answer against a degenerate copy (pairs/contrast.py)
+    rows = []
+    for i, row in enumerate(ROWS):
+        rows += [row, contrast_row({**row, "prompt_id": str(i)}, KINDS, list_item_count)]
+    assert all(rows[1::2]) and {r["contrast"] for r in rows[1::2]} <= set(KINDS)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # the hot run's settings: without contrast pairs its margins run away (the test above)
+    summary, out = _run(smollm2_student, path, tmp_path / "hot", learning_rate=5e-3, steps=6, probe_steps=6)
+    assert summary["contrast_pairs"] == len(ROWS) and summary["pairs"]["rows"] == 2 * len(ROWS)
+    kinds = {w["kind"] for w in summary["health_warnings"]}
+    assert not kinds & {"both_down", "runaway_margin", "rejected_plunge", "chosen_sunk"}, kinds
+    assert summary["probe"]["steps"][-1]["step"] == 6, "the greedy probe still watches"
+    section = "\n".join(training_section_for(out, tmp_path / "run"))
+    assert f"{len(ROWS)} of the {2 * len(ROWS)} training pairs are contrast pairs" in section
+    assert "not applied" in section and "greedy probe" in section
