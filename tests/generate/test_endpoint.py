@@ -35,6 +35,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# `python -m llama_cpp.server`, loading its model as this project's engines do: without llama.cpp's CPU "extra"
+# weight buffers where an AMX build runs on a CPU with AMX, whose kernels segfault there at the first decode
+# (inference/engine.py, cpu_extra_buffers; seen on 2-core Xeon VMs with AMX). The server itself is unchanged.
+SERVE = ("import runpy; from lite_delta.inference.engine import cpu_extra_buffers, llama_model_params; "
+         "params = llama_model_params(use_extra_bufts=cpu_extra_buffers()); params.__enter__(); "
+         "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)")
+
+
 class Server:
     """One `python -m llama_cpp.server` process on a free loopback port."""
 
@@ -43,7 +51,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log = open(log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", ALIAS,
+            [sys.executable, "-c", SERVE, "--model", str(gguf), "--model_alias", ALIAS,
              "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(SERVER_CTX), "--n_threads", "1",
              "--n_threads_batch", "1", "--flash_attn", "true"],
             stdout=self.log, stderr=subprocess.STDOUT)
