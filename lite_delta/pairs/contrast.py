@@ -19,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from typing import Literal, get_args
 
 from lite_delta.utility_scorers import list_item_count, list_lines, list_marker_of
 
-KINDS = ("loop", "repeat", "headings")
+ContrastKind = Literal["loop", "repeat", "headings"]  # the forms; the config fields use this type
+KINDS: tuple[str, ...] = get_args(ContrastKind)
 MIN_ITEMS = 2  # a chosen answer with fewer list items with content gets no contrast pair
 _NUMBER = re.compile(r"^(\s*)\d{1,9}([.)])[ \t]+")
 _BOLD_TITLE = re.compile(r"^\*\*[^*\n]+\*\*:?")

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lite_delta.errors import LiteDeltaError
 from lite_delta.files import writable_dir, write_text
 from lite_delta.completions import read_completions, split_thinking
-from lite_delta.pairs.contrast import with_contrast
+from lite_delta.pairs.contrast import ContrastKind, with_contrast
 from lite_delta.utility_scorers import SCORERS, Scorer, checked_scorer, get_scorer
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class PairConfig(BaseModel):
     relevance_gate: float | None = Field(None, ge=0)
     """Drop a pair whose chosen answer's relevance is below the rejected answer's by more than this (nats per
     token; ``make_pairs``'s ``relevance`` judges it). None: no gate."""
-    contrast: list[Literal["loop", "repeat", "headings"]] = Field(default_factory=list)
+    contrast: list[ContrastKind] = Field(default_factory=list)
     """Add a contrast pair per prompt: its best chosen answer against a degenerate copy of itself in one of these
     forms (``contrast.py``), after that prompt's first sampled pair. Empty: none."""
     out: Path
