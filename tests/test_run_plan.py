@@ -134,7 +134,9 @@ def test_dry_run_of_the_demo_counts_prompts_and_estimates(tmp_path, capsys):
     main(["run", "--runs-dir", str(tmp_path), "--dry-run", *sum((["--set", o] for o in FULL), [])])
     out = capsys.readouterr().out.replace("\n", " ")
     assert "prompts: 88 (counted)" in out and "answers to generate: 352" in out
-    assert "at most 176 pairs" in out and "SFT contrast" in out and "sft ~" in out
+    # the demo's contrast pairs: one per prompt on top of 2 sampled ones
+    assert "one contrast pair per prompt (loop, repeat, headings)" in out and "at most 264 pairs" in out
+    assert "SFT contrast" in out and "sft ~" in out
     assert "VRAM (planner" in out and "rough ETA" in out
     assert "relevance gate" not in out
     main(["run", "--runs-dir", str(tmp_path), "--dry-run", *sum((["--set", o] for o in FULL), []),
@@ -142,9 +144,9 @@ def test_dry_run_of_the_demo_counts_prompts_and_estimates(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "relevance gate 0.1: the student" in out and "judges both answers of every pair" in out
     main(["run", "--runs-dir", str(tmp_path), "--dry-run", *sum((["--set", o] for o in FULL), []),
-          "--set", "pairing.contrast=[loop,repeat,headings]"])
+          "--set", "pairing.contrast=[]"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "one contrast pair per prompt (loop, repeat, headings)" in out and "at most 264 pairs" in out
+    assert "contrast pair" not in out and "at most 176 pairs" in out
 
 
 def _student_folder(path, model_type: str):
