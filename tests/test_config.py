@@ -44,8 +44,8 @@ DEMO = (REPO / "recipes" / "demo.yaml").read_text()
         (DEMO.replace("mode: by_score", "mode: by_model"), "teachers.chosen"),
         (DEMO.replace("loss: [sigmoid_norm, sft]", "loss: [sigmoid_norm, nope]", 1), "train.loss"),
         (DEMO.replace("loss: [sigmoid_norm, sft]", "loss: [sft, sft]", 1), "train.loss"),
-        (DEMO.replace("beta: 5.0", "beta: 5.0\n  loss_weights: [1.0, 0.5, 2.0]", 1), "loss_weights"),
-        (DEMO.replace("beta: 5.0", "beta: 5.0\n  loss_weights: [.nan]", 1), "loss_weights"),
+        (DEMO.replace("loss_weights: [1.0, 0.75]", "loss_weights: [1.0, 0.5, 2.0]", 1), "loss_weights"),
+        (DEMO.replace("loss_weights: [1.0, 0.75]", "loss_weights: [.nan]", 1), "loss_weights"),
         # no infinity or nan in any float: a crashed dry run, random tokens, `Infinity` in generation.json
         (DEMO.replace("temperature: 0.9", "temperature: .inf"), "generation.temperature"),
         (DEMO.replace("learning_rate: 2.0e-3", "learning_rate: .inf"), "train.learning_rate"),
