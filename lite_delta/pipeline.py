@@ -628,8 +628,9 @@ def run_evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
                                chat_template_kwargs=kwargs)
         results = {"base": base, **({"sft": sft} if sft else {}), "tuned": tuned}
         messages = heldout_messages(recipe)
-        coherence = utility_coherence(recipe, run_dir, results, messages, kwargs, k)
+        coherence, judge = utility_coherence(recipe, run_dir, results, messages, kwargs, k)
         summary = compare_utility(base, tuned, sft=sft, coherence=coherence)
+        summary["coherence"]["judge"] = judge
         summary["examples"] = side_by_side(out / "utility", list(results), messages)
         write_json(out / "utility" / "summary.json", summary)
         utility_chart(summary, _figures(run_dir) / "utility.png")
@@ -666,22 +667,26 @@ def heldout_messages(recipe: Recipe) -> dict[str, list[dict]]:
 
 
 def utility_coherence(recipe: Recipe, run_dir: Path, results: dict[str, dict], messages: dict[str, list[dict]],
-                      kwargs: dict | None, k: int) -> dict:
+                      kwargs: dict | None, k: int) -> tuple[dict, dict]:
     """Degenerate share and relevance (under the base student, on the utility evaluation's engine) of every
-    student's held-out answers, per prompt."""
+    student's held-out answers, per prompt; and what judged relevance (model, engine, the weights it read)."""
     from lite_delta.evaluate.coherence import coherence_eval, per_prompt
     from lite_delta.evaluate.utility import open_engine
+    from lite_delta.models.derive import batched_gguf
 
     cfg = recipe.evaluate.utility
     student, _, engine = eval_student(recipe, run_dir, cfg.engine)
     cfg = cfg.model_copy(update={"engine": engine})
     folder = run_dir / "evaluate" / "utility"
-    console.print(f"[bold]evaluate[/bold] coherence of every student's answers (relevance under the base student, {engine})")
-    figures = coherence_eval({name: folder / name for name in results}, messages,
-                             judge={"model": student, "engine": engine, "template_kwargs": kwargs or {}},
+    judge = {"model": student, "engine": engine, "template_kwargs": kwargs or {}}
+    if engine == "llama.cpp":  # the base student's weights as llama.cpp reads them (open_engine)
+        judge["weights"] = batched_gguf(student, folder.parent / "model")[1]
+    console.print(f"[bold]evaluate[/bold] coherence of every student's answers (relevance under the base student, "
+                  f"{engine}{', ' + judge['weights'] if 'weights' in judge else ''})")
+    figures = coherence_eval({name: folder / name for name in results}, messages, judge=judge,
                              open_judge=lambda: open_engine(cfg, student, None, folder.parent / "model", kwargs),
                              out=folder)
-    return {name: per_prompt(result, figures["per_sample"][name], k) for name, result in results.items()}
+    return {name: per_prompt(result, figures["per_sample"][name], k) for name, result in results.items()}, judge
 
 
 def _figures(run_dir: Path) -> Path:

@@ -301,7 +301,7 @@ def _coherence_lines(summary: dict, rows: tuple) -> list[str]:
              "mostly symbols. **Relevance**: how much the prompt explains the answer, in nats per token under the base "
              "student (log p(answer | prompt) − log p(answer | an empty prompt)); a helpful answer scores well above "
              "0, loops of `1.1.1`, word salad and off-topic text near or below 0. Differences from the base student "
-             "are paired over prompts.", "",
+             f"are paired over prompts.{_judge_words(c.get('judge'))}", "",
              "| | degenerate | − base [95% CI] | relevance | − base [95% CI] |", "|---|---|---|---|---|"]
 
     def cell(figure: str, key: str) -> tuple[str, str]:
@@ -322,6 +322,14 @@ def _coherence_lines(summary: dict, rows: tuple) -> list[str]:
     if "sft" in c["coherent"]:
         lines[-1] += f" The SFT student is {'within' if c['coherent']['sft'] else '**outside**'} them."
     return lines + [""]
+
+
+def _judge_words(judge: dict | None) -> str:
+    """The relevance judge in a few words: its engine and, through llama.cpp, the weights it read."""
+    if not judge:
+        return ""
+    weights = f", {judge['weights']}" if judge.get("weights") else ""
+    return f" Judge: the base student through {judge['engine']}{weights}."
 
 
 def _examples_lines(examples: list[dict], contrast: bool) -> list[str]:

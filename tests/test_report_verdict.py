@@ -60,3 +60,15 @@ def test_a_run_without_an_export_is_judged_on_its_sampled_answers(tmp_path):
     run = _run(tmp_path, "no-export", LIST, LIST)
     (run / "export" / "export.json").unlink()
     assert greedy_breaks(run) == [] and _verdict(run).endswith("**met**.")
+
+
+def test_the_coherence_section_names_the_relevance_judge_when_the_run_recorded_it(tmp_path):
+    run = _run(tmp_path, "judged", LIST, LIST)
+    path = run / "evaluate" / "utility" / "summary.json"
+    intro = lambda: next(line for line in utility_section(run) if line.startswith("Two figures"))  # noqa: E731
+    assert "Judge:" not in intro()  # a run from before the judge was recorded
+    summary = json.loads(path.read_text())
+    summary["coherence"]["judge"] = {"model": "pkg://m.gguf", "engine": "llama.cpp",
+                                     "weights": "Q4_1 read as its Q8_0 requantization"}
+    path.write_text(json.dumps(summary))
+    assert intro().endswith("Judge: the base student through llama.cpp, Q4_1 read as its Q8_0 requantization.")

@@ -104,14 +104,17 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 def open_engine(cfg: UtilityEvalConfig, student: str, adapter: Path | None, cache_dir: Path,
                  chat_template_kwargs: dict | None = None):
-    """llama.cpp's batched engine for a GGUF student (the adapter attached as a GGUF LoRA), else transformers."""
+    """llama.cpp's batched engine for a GGUF student (the adapter attached as a GGUF LoRA; a Q4_1 or Q5_1 file
+    read as ``models.derive.batched_gguf`` says), else transformers."""
     from lite_delta.evaluate.engines import LlamaCppEngine, TransformersEngine
+    from lite_delta.models.derive import batched_gguf
     from lite_delta.models.student import is_gguf_reference
 
     engine = cfg.engine
     if engine == "auto":
         engine = "llama.cpp" if is_gguf_reference(student) or student.startswith("hf://") else "transformers"
     if engine == "llama.cpp":
+        student, _ = batched_gguf(student, cache_dir)  # made once beside the exported adapters
         return LlamaCppEngine(student, adapter=adapter, cache_dir=cache_dir, parallel=cfg.parallel,
                               chat_template_kwargs=chat_template_kwargs)
     if is_gguf_reference(student):

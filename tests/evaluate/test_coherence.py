@@ -10,6 +10,7 @@ import pytest
 
 from lite_delta.evaluate.coherence import coherence_eval, degenerate_reason, per_prompt, relevance_scores
 from lite_delta.evaluate.utility import compare_utility, side_by_side, utility_chart
+from lite_delta.models.derive import batched_gguf
 
 HEALTHY = ("While you're away on vacation, it's a great idea to keep your indoor plants alive. Here's how:\n\n"
            "1. **Water**: Water your plants thoroughly the day before you leave.\n"
@@ -47,8 +48,11 @@ def judges(smollm2_gguf, smollm2_student, tmp_path_factory):
     """The base student as both engines see it: llama.cpp on the demo's GGUF, transformers on its conversion."""
     from lite_delta.evaluate.engines import LlamaCppEngine, TransformersEngine
 
+    judge, weights = batched_gguf(str(smollm2_gguf), tmp_path_factory.mktemp("derived"))
     engines = {"llama.cpp": LlamaCppEngine(str(smollm2_gguf), parallel=2),
-               "transformers": TransformersEngine(smollm2_student, cache_dir=tmp_path_factory.mktemp("judge"))}
+               "transformers": TransformersEngine(smollm2_student, cache_dir=tmp_path_factory.mktemp("judge")),
+               "judge": LlamaCppEngine(judge, parallel=2)}
+    engines["judge"].weights = weights
     yield engines
     for engine in engines.values():
         engine.close()
@@ -68,9 +72,44 @@ def test_relevance_under_the_real_student_separates_a_working_answer_from_collap
     # the same weights (the GGUF's Q4_1, dequantized for transformers; llama.cpp also quantizes activations to
     # 8 bits in its matmuls): the engines agree to ~0.1 nats/token, far inside the 0.5 that separates the answers
     assert by_engine["llama.cpp"] == pytest.approx(by_engine["transformers"], abs=0.1)
+    # the judge the pipeline opens on a CPU: those Q4_1 weights requantized to Q8_0 (batched_gguf), which agree
+    # with the Q4_1 file as closely as transformers' exact dequantization does
+    assert by_engine["judge"] == pytest.approx(by_engine["llama.cpp"], abs=0.1)
     # grouping by prompt does not change a score: one answer alone scores as it did among others
     alone = relevance_scores(judges["llama.cpp"], [(messages, HEALTHY)], progress=False)
     assert alone[0] == pytest.approx(by_engine["llama.cpp"][0], abs=1e-4)
+
+
+def test_a_q4_1_student_is_evaluated_and_judged_through_its_q8_0_copy_on_a_cpu_other_types_as_they_are(
+        judges, smollm2_gguf, tmp_path):
+    import gguf
+
+    from lite_delta.inference.engine import gpu_offload_available
+
+    def file_type(path):  # as the gguf package reads the header, not as lite-delta does
+        return int(gguf.GGUFReader(str(path)).fields["general.file_type"].contents())
+
+    assert file_type(smollm2_gguf) == gguf.LlamaFileType.MOSTLY_Q4_1
+    copy = judges["judge"].path
+    if gpu_offload_available():  # llama.cpp's GPU kernels read Q4_1 as fast: no copy
+        assert copy == smollm2_gguf and judges["judge"].weights == "Q4_1"
+        return
+    assert copy != smollm2_gguf and file_type(copy) == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert judges["judge"].weights == "Q4_1 read as its Q8_0 requantization"
+    # the utility evaluation opens the student the same way, the copy made beside its exported adapters
+    from lite_delta.config import load_recipe
+    from lite_delta.evaluate.utility import open_engine
+    from lite_delta.pipeline import default_recipe_path
+
+    cfg = load_recipe(default_recipe_path(), [f"student={smollm2_gguf}"]).evaluate.utility
+    engine = open_engine(cfg, str(smollm2_gguf), None, tmp_path / "model")
+    try:
+        assert engine.path.parent == tmp_path / "model" and file_type(engine.path) == gguf.LlamaFileType.MOSTLY_Q8_0
+    finally:
+        engine.close()
+    # a type with a fast path (the copy itself, Q8_0) is its own judge: nothing more is written
+    again, weights = batched_gguf(str(copy), tmp_path / "cache")
+    assert (again, weights) == (str(copy), "Q8_0") and not (tmp_path / "cache").exists()
 
 
 def _samples(folder, texts_by_prompt: dict[str, list[str]]):
