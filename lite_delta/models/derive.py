@@ -90,7 +90,6 @@ def derive_gguf(source_ref: str, quant: str, *, cache_dir: str | Path | None = N
     return path, {**provenance, "reused": False}
 
 
-
 SLOW_CPU_TYPES = ("Q4_1", "Q5_1")  # GGUF file types without a fast batched matmul in llama.cpp's CPU backend
 CPU_READ_QUANT = "Q8_0"  # what `batched_gguf` reads those as
 
