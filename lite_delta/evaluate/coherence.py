@@ -81,8 +81,7 @@ def relevance_scores(engine, items: list[tuple[list[dict], str]], *, progress: b
     return [g - e for g, e in zip(given, empty)]
 
 
-def relevance_judge(model: str, chat_template_kwargs: dict | None = None, *, cache_dir: str | Path | None = None,
-                    progress: bool = True):
+def relevance_judge(model: str, chat_template_kwargs: dict | None = None, *, progress: bool = True):
     """`relevance_scores` under `model` (a GGUF reference, read as the evaluation reads it:
     ``models.derive.batched_gguf``) through llama.cpp, as a function of (messages, answer) items: the pair
     stage's relevance gate. The model is opened for each call and closed after it."""
@@ -90,7 +89,7 @@ def relevance_judge(model: str, chat_template_kwargs: dict | None = None, *, cac
         from lite_delta.evaluate.engines import LlamaCppEngine
         from lite_delta.models.derive import batched_gguf
 
-        engine = LlamaCppEngine(batched_gguf(model, cache_dir)[0], chat_template_kwargs=chat_template_kwargs)
+        engine = LlamaCppEngine(batched_gguf(model)[0], chat_template_kwargs=chat_template_kwargs)
         try:
             return relevance_scores(engine, items, progress=progress)
         finally:
